@@ -1,0 +1,61 @@
+"""What a benchmark problem is: the contract between problems, the runner and the report.
+
+A *problem* is a named recipe (data, model, loss, metric, batch size, epochs) with two sizes: ``cpu``
+(the default, minutes on a laptop CPU) and ``full`` (the paper's setting). ``ProblemSpec.build``
+turns a recipe into a ready-to-train :class:`Task` for one seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = Any
+"""Whatever the task's loaders yield; only the task's own ``loss`` and ``evaluate`` look inside."""
+
+
+class DataUnavailable(RuntimeError):
+    """A data set is not on this machine. The message names the files expected and where."""
+
+
+@dataclasses.dataclass
+class Task:
+    """One problem, built for one seed: everything the runner needs to train and score."""
+
+    model: nn.Module
+    # A callable returning a fresh iterable over the training batches for one epoch; the runner
+    # passes a torch.Generator so that the shuffle order is a function of the seed.
+    train_batches: Callable[[torch.Generator], Iterable[Batch]]
+    # Mean loss of the model on one batch (the runner calls backward on it).
+    loss: Callable[[nn.Module, Batch], torch.Tensor]
+    # Scores the model on a split ("valid" or "test"): returns {"loss": float, "metric": float}.
+    evaluate: Callable[[nn.Module, str], Mapping[str, float]]
+    metric: str  # e.g. "accuracy", "perplexity", "train_loss"
+    higher_is_better: bool
+    epochs: int
+    grad_clip: float | None = None  # max L2 norm of all gradients, None for no clipping
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # sizes, for the record
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemSpec:
+    """A named problem. ``sizes`` maps "cpu"/"full" to settings passed to ``builder``."""
+
+    name: str
+    description: str
+    dataset: str  # the data set's name as :func:`critgrad.bench.data` knows it
+    metric: str
+    higher_is_better: bool
+    sizes: Mapping[str, Mapping[str, Any]]
+    builder: Callable[..., Task]  # builder(settings: dict, seed: int, data_dir: str | None) -> Task
+
+    def build(self, size: str = "cpu", seed: int = 0, data_dir: str | None = None,
+              overrides: Mapping[str, Any] | None = None) -> Task:
+        if size not in self.sizes:
+            raise ValueError(f"size must be one of {sorted(self.sizes)}, got {size!r}")
+        settings = {**self.sizes[size], **(overrides or {})}
+        return self.builder(settings, seed, data_dir)

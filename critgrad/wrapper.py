@@ -1,0 +1,489 @@
+"""Give any torch optimizer a memory of critical gradients.
+
+:class:`CriticalGradients` wraps an existing ``torch.optim.Optimizer``. At each step it replaces
+every gradient by an aggregate of that gradient and the memory, lets the wrapped optimizer run its
+own unmodified update, puts the user's gradient back and offers it to the memory. The math lives
+in :mod:`critgrad.memory`; this file gathers per-parameter state and calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import memory as M
+
+MEMORY_OPTIONS = ("topC", "decay", "kappa", "aggr", "key", "store_dtype")
+"""Per-group hyperparameters of the memory; they live in ``param_groups`` beside ``lr``."""
+
+MEMORY_STATE_KEYS = ("critical_store", "critical_sum", "critical_priority", "critical_age",
+                     "critical_stats")
+"""Per-parameter memory state; saved under these keys inside the usual per-parameter entries."""
+
+# The running sum of the store is updated as ``sum += new - evicted``, which accumulates rounding
+# error; it is recomputed from the store after every ``_RESYNC_PER_SLOT * topC`` evictions, which
+# costs topC reads every that many steps: a constant fraction of a pass per step whatever topC is.
+_RESYNC_PER_SLOT = 8
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_memory_options(options: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first invalid memory hyperparameter and its allowed values."""
+    topC = options["topC"]
+    if isinstance(topC, bool) or not isinstance(topC, int) or topC < 1:
+        raise ValueError(f"Invalid topC: {topC!r} (must be an integer >= 1)")
+    decay = options["decay"]
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
+        raise ValueError(f"Invalid decay: {decay!r} (must be a number in [0, 1])")
+    kappa = options["kappa"]
+    if (isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa)
+            or kappa < 0):
+        raise ValueError(f"Invalid kappa: {kappa!r} (must be a finite number >= 0)")
+    if options["aggr"] not in M.AGGREGATIONS:
+        raise ValueError(f"Invalid aggr: {options['aggr']!r} (must be one of {M.AGGREGATIONS})")
+    if options["key"] not in M.KEY_MODES:
+        raise ValueError(f"Invalid key: {options['key']!r} (must be one of {M.KEY_MODES})")
+    store_dtype = options["store_dtype"]
+    if store_dtype is not None and (not isinstance(store_dtype, torch.dtype)
+                                    or not store_dtype.is_floating_point):
+        raise ValueError(f"Invalid store_dtype: {store_dtype!r} (must be None or a floating "
+                         "point torch.dtype such as torch.bfloat16)")
+
+
+def key_from_synced(synced: bool | None, key: str | None) -> str:
+    """Resolve the reference package's ``synced`` flag and the explicit ``key`` into one mode."""
+    if synced is not None and not isinstance(synced, bool):
+        raise ValueError(f"Invalid synced: {synced!r} (must be True, False or None)")
+    implied = None if synced is None else ("sum_of_norms" if synced else "per_tensor")
+    if key is None:
+        return implied or "sum_of_norms"
+    if implied is not None and implied != key:
+        raise ValueError(f"synced={synced} means key={implied!r}, but key={key!r} was given; "
+                         "pass only one of them")
+    return key
+
+
+def memory_dtypes(param: Tensor, group: Mapping[str, Any]) -> dict[str, torch.dtype]:
+    """The dtype of each memory tensor of ``param`` (one rule for creation and for reload)."""
+    store_dtype = group["store_dtype"] or param.dtype
+    if store_dtype in _LOW_PRECISION or param.dtype in _LOW_PRECISION:
+        # A low-precision store keeps an exact float32 sum of what it holds.
+        sum_dtype = torch.promote_types(torch.promote_types(param.dtype, store_dtype), torch.float32)
+    else:
+        sum_dtype = torch.promote_types(param.dtype, store_dtype)
+    return {"critical_store": store_dtype, "critical_sum": sum_dtype,
+            "critical_priority": torch.float64, "critical_age": torch.int64,
+            "critical_stats": torch.int64}
+
+
+class CriticalGradients(Optimizer):
+    r"""Wrap a torch optimizer with a memory of critical gradients.
+
+    For every parameter the wrapper keeps up to ``topC`` past gradients, the ones with the largest
+    *priority*: the key (an L2 norm of the raw gradient) decayed by ``decay`` each step since it
+    was stored. At each step, with g the raw gradient and B the n stored gradients (before this
+    step's gradient enters):
+
+    .. math::
+        d = \begin{cases}
+            g + \kappa\,\mathrm{mean}(B) & \text{aggr = sum} \\
+            \tfrac12\,(g + \kappa\,\mathrm{mean}(B)) & \text{aggr = mid} \\
+            (g + \kappa \textstyle\sum B)/(n + 1) & \text{aggr = mean}
+        \end{cases}
+        \qquad (d = g \text{ when } B \text{ is empty})
+
+    The wrapped optimizer then runs its own update with d in place of g (momentum, moments, weight
+    decay all see d); ``p.grad`` is g again when ``step`` returns. Then g enters the memory if
+    there is room or if its key is strictly greater than the smallest priority (replacing that
+    entry), and every priority is multiplied by ``decay``. A non-finite key never enters.
+
+    Args:
+        optimizer: the torch optimizer to give a memory; its ``param_groups`` and ``state`` are
+            used as they are (LR schedulers see the same group dicts).
+        topC (int): how many gradients each parameter keeps (default: 10).
+        decay (float): priority decay per step, in [0, 1] (default: 0.7).
+        kappa (float): weight of the memory, >= 0 (default: 1.0). ``kappa=0`` switches the memory
+            off for the group: the step is exactly the wrapped optimizer's and nothing is
+            allocated or recorded.
+        aggr (str): ``"sum"``, ``"mid"`` or ``"mean"`` (default: ``"mean"``).
+        key (str): ``"sum_of_norms"`` (one key per group: the sum of the tensors' norms; the
+            reference package's ``synced=True``), ``"per_tensor"`` (``synced=False``) or
+            ``"global_norm"`` (one key per group: the L2 norm of all its gradients together)
+            (default: ``"sum_of_norms"``).
+        store_dtype (torch.dtype, optional): dtype of the stored gradients, e.g. ``torch.bfloat16``
+            to halve the memory (their running sum is then kept exactly in float32). Default: the
+            parameter's dtype.
+
+    All of these can also be given per parameter group, and changed between steps (``topC`` and
+    ``store_dtype`` only before the group's first step).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = CriticalGradients(torch.optim.Adam(model.parameters(), lr=1e-3), topC=5)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step()
+        >>> opt.memory_stats()[0]["admitted"]
+        2
+    """
+
+    def __init__(self, optimizer: Optimizer, *, topC: int = 10, decay: float = 0.7,
+                 kappa: float = 1.0, aggr: str = "mean", key: str = "sum_of_norms",
+                 store_dtype: torch.dtype | None = None) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        if isinstance(optimizer, CriticalGradients):
+            raise TypeError("optimizer already has a critical-gradient memory")
+        memory_defaults = {"topC": topC, "decay": decay, "kappa": kappa, "aggr": aggr,
+                           "key": key, "store_dtype": store_dtype}
+        check_memory_options(memory_defaults)
+        self.base = optimizer
+        self.memory: dict[Tensor, dict[str, Tensor]] = {}
+        self._memory_defaults = memory_defaults
+        self._last_offer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self._wrapping = True
+        # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
+        # add_param_group for each of the base's groups, which we adopt as the very same dicts.
+        super().__init__(optimizer.param_groups, {**optimizer.defaults, **memory_defaults})
+        self._wrapping = False
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+
+    # ---------------------------------------------------------------- torch.optim API
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group)}")
+        options = {name: param_group.get(name, default)
+                   for name, default in self._memory_defaults.items()}
+        check_memory_options(options)
+        if self._wrapping:
+            self.param_groups.append(param_group)
+        else:
+            self.base.add_param_group(param_group)
+            param_group = self.base.param_groups[-1]
+        for name, value in options.items():
+            param_group.setdefault(name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        # The base's repr already lists every group option, the memory's included.
+        name = type(self).__name__
+        if type(self) is CriticalGradients:
+            name = f"CriticalGradients({type(self.base).__name__})"
+        else:
+            name = f"critgrad.{name}"
+        lines = repr(self.base).splitlines()
+        return "\n".join([f"{name} ("] + lines[1:])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Perform one optimization step (the closure, if given, is evaluated first)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        offers = []
+        for index, group in enumerate(self.param_groups):
+            offer = self._offer(index, group)
+            if offer is not None:
+                offers.append(offer)
+        try:
+            for offer in offers:
+                offer.swap_in()
+            self.base.step()
+        finally:
+            for offer in offers:
+                offer.swap_out()
+        for offer in offers:
+            self._admit(offer)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict, with the memory inside each parameter's entry."""
+        state_dict = self.base.state_dict()
+        index = 0
+        packed = dict(state_dict["state"])
+        for group in self.param_groups:
+            for p in group["params"]:
+                mem = self.memory.get(p)
+                if mem is not None:
+                    packed[index] = {**packed.get(index, {}), **mem}
+                index += 1
+        state_dict["state"] = packed
+        return state_dict
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict` (or by the plain wrapped optimizer).
+
+        The memory is restored on each parameter's device with the dtypes it was created with.
+        A state saved with another ``topC``, or for parameters of other shapes, is refused.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, this "
+                             f"optimizer has {len(self.param_groups)}")
+        params = [p for group in self.param_groups for p in group["params"]]
+        base_state: dict[Any, Any] = {}
+        memory_state: dict[int, dict[str, Tensor]] = {}
+        for index, entry in state_dict["state"].items():
+            memory_part = {k: v for k, v in entry.items() if k in MEMORY_STATE_KEYS}
+            rest = {k: v for k, v in entry.items() if k not in MEMORY_STATE_KEYS}
+            if memory_part:
+                memory_state[index] = memory_part
+            if rest:
+                base_state[index] = rest
+        group_of = {}
+        index = 0
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of the optimizer's group")
+            saved_topC = saved.get("topC", group["topC"])
+            for _ in group["params"]:
+                if index in memory_state and saved_topC != group["topC"]:
+                    raise ValueError(f"the state was saved with topC={saved_topC}, this optimizer "
+                                     f"has topC={group['topC']}; construct it with "
+                                     f"topC={saved_topC} to resume")
+                group_of[index] = saved
+                index += 1
+        for index, mem in memory_state.items():
+            p = params[index]
+            store = mem["critical_store"]
+            if tuple(store.shape[1:]) != tuple(p.shape):
+                raise ValueError(f"the saved memory of parameter {index} holds gradients of shape "
+                                 f"{tuple(store.shape[1:])}, the parameter has shape "
+                                 f"{tuple(p.shape)}: the state was saved for other parameters")
+        old_groups = self.param_groups
+        self.base.load_state_dict({**state_dict, "state": base_state})
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        for group, old in zip(self.param_groups, old_groups):
+            # A state saved by the plain optimizer has no memory options: keep the current ones.
+            for name in MEMORY_OPTIONS:
+                group.setdefault(name, old[name])
+        self.memory = {}
+        for index, mem in memory_state.items():
+            p = params[index]
+            group = self.param_groups[self._group_index(p)]
+            dtypes = memory_dtypes(p, group)
+            self.memory[p] = {k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
+                              for k in MEMORY_STATE_KEYS}
+        self._last_offer = {}
+
+    # ---------------------------------------------------------------- statistics
+
+    @torch.no_grad()
+    def memory_stats(self) -> list[dict[str, Any]]:
+        """Statistics of the memory, one dict per parameter group.
+
+        Counts are of tensor-gradients: a group of 3 tensors offers 3 gradients per step.
+
+        - ``offered``, ``admitted``: gradients offered to and admitted into the memory;
+        - ``rejected``: finite gradients turned away because the memory was full and their key
+          was not above the smallest priority;
+        - ``nonfinite``: gradients with an inf/NaN key (never admitted);
+        - ``evicted``, ``mean_eviction_age``: entries replaced, and their mean age in steps;
+        - ``filled``, ``capacity``: entries held now and ``topC`` x tensors;
+        - ``mean_age``, ``max_age``: ages in steps of the entries held now (None when empty);
+        - ``last_key``, ``last_min_priority``, ``last_mean_priority``: the mean key of the last
+          offered gradients against the smallest and mean priority held before they were offered
+          (None before the first offer).
+
+        One host synchronisation per group.
+        """
+        results = []
+        for index, group in enumerate(self.param_groups):
+            mems = [self.memory[p] for p in group["params"] if p in self.memory]
+            row: dict[str, Any] = {name: 0 for name in M.STAT_FIELDS}
+            row.update(filled=0, capacity=group["topC"] * len(group["params"]), mean_age=None,
+                       max_age=None, mean_eviction_age=None, last_key=None,
+                       last_min_priority=None, last_mean_priority=None)
+            if mems:
+                stats = torch.stack([m["critical_stats"] for m in mems]).sum(0)
+                ages = torch.cat([m["critical_age"] for m in mems])
+                held = ages >= 0
+                summary = [stats.double(), held.sum().double().reshape(1),
+                           ages[held].double().mean().nan_to_num(-1.0).reshape(1),
+                           ages.max().double().reshape(1)]
+                last = self._last_offer.get(index)
+                if last is not None:
+                    keys, priority, age = last
+                    filled = age >= 0
+                    summary += [keys.mean().reshape(1),
+                                torch.where(filled, priority, math.inf).amin(-1).mean()
+                                .reshape(1),
+                                (priority * filled).sum().div(filled.sum()).reshape(1)]
+                values = torch.cat([s.to(torch.float64) for s in summary]).tolist()
+                for name, value in zip(M.STAT_FIELDS, values):
+                    row[name] = int(value)
+                row["filled"] = int(values[len(M.STAT_FIELDS)])
+                if row["filled"]:
+                    row["mean_age"] = values[len(M.STAT_FIELDS) + 1]
+                    row["max_age"] = int(values[len(M.STAT_FIELDS) + 2])
+                if last is not None:
+                    tail = values[len(M.STAT_FIELDS) + 3:]
+                    row["last_key"] = tail[0]
+                    if row["filled"] and math.isfinite(tail[1]):
+                        row["last_min_priority"] = tail[1]
+                    if math.isfinite(tail[2]):
+                        row["last_mean_priority"] = tail[2]
+            if row["evicted"]:
+                row["mean_eviction_age"] = row["evicted_age_sum"] / row["evicted"]
+            del row["evicted_age_sum"]
+            results.append(row)
+        return results
+
+    # ---------------------------------------------------------------- the memory
+
+    def _group_index(self, param: Tensor) -> int:
+        for index, group in enumerate(self.param_groups):
+            if any(param is p for p in group["params"]):
+                return index
+        raise KeyError("parameter not in this optimizer")
+
+    def _memory_of(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The memory state of ``param``, created empty on its device the first time."""
+        mem = self.memory.get(param)
+        if mem is None:
+            dtypes = memory_dtypes(param, group)
+            topC, device = group["topC"], param.device
+            mem = {
+                "critical_store": torch.zeros((topC, *param.shape), dtype=dtypes["critical_store"],
+                                              device=device),
+                "critical_sum": torch.zeros_like(param, dtype=dtypes["critical_sum"],
+                                                 memory_format=torch.preserve_format),
+                "critical_priority": torch.zeros(topC, dtype=torch.float64, device=device),
+                "critical_age": torch.full((topC,), -1, dtype=torch.int64, device=device),
+                "critical_stats": torch.zeros(len(M.STAT_FIELDS), dtype=torch.int64,
+                                              device=device),
+            }
+            self.memory[param] = mem
+        elif mem["critical_store"].shape[0] != group["topC"]:
+            raise ValueError(f"topC of a parameter group changed from "
+                             f"{mem['critical_store'].shape[0]} to {group['topC']} after its "
+                             "memory was created; topC can only be set before the first step")
+        return mem
+
+    def _offer(self, index: int, group: dict[str, Any]) -> _Offer | None:
+        """Decide admission for the group's gradients and build the directions (no state change)."""
+        check_memory_options(group)
+        if group["kappa"] == 0:
+            return None
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("critgrad does not support sparse gradients; give the sparse "
+                                   "parameters their own group with kappa=0")
+        grads = [p.grad for p in params]
+        mems = [self._memory_of(p, group) for p in params]
+        norm_dtype = (torch.float64 if any(g.dtype == torch.float64 for g in grads)
+                      else torch.float32)
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=norm_dtype))
+        keys = M.keys_from_norms(norms, group["key"]).to(torch.float64)
+        priority = torch.stack([m["critical_priority"] for m in mems])
+        age = torch.stack([m["critical_age"] for m in mems])
+        stats = torch.stack([m["critical_stats"] for m in mems])
+        admit, slot, filled = M.admission(keys, priority, age)
+        evicted_column = M.STAT_FIELDS.index("evicted")
+        # The only host synchronisation of the step for this group.
+        host = torch.stack([admit.to(torch.int64), slot, filled,
+                            stats[:, evicted_column]]).tolist()
+        offer = _Offer(index, group, params, grads, mems, keys, priority, age, stats, admit, slot,
+                       filled, *host)
+        offer.directions = self._directions(offer)
+        self._last_offer[index] = (keys, priority, age)
+        return offer
+
+    def _directions(self, offer: _Offer) -> list[Tensor | None]:
+        """The aggregate for each gradient (None where it is the gradient itself)."""
+        group = offer.group
+        directions: list[Tensor | None] = [None] * len(offer.params)
+        # Gradients whose memories hold the same count share coefficients: one foreach call each.
+        by_coefficients: dict[tuple[float, float], list[int]] = {}
+        for i, n in enumerate(offer.filled_host):
+            c, s = M.aggregation_coefficients(group["aggr"], n, group["kappa"])
+            if c != 0.0 or s != 1.0:
+                by_coefficients.setdefault((c, s), []).append(i)
+        for (c, s), rows in by_coefficients.items():
+            grads = [offer.grads[i] for i in rows]
+            sums = [offer.mems[i]["critical_sum"] for i in rows]
+            if all(g.dtype == m.dtype for g, m in zip(grads, sums)):
+                out = torch._foreach_add(grads, sums, alpha=c)
+                if s != 1.0:
+                    torch._foreach_mul_(out, s)
+            else:
+                out = [torch.add(g, m, alpha=c).mul_(s).to(g.dtype) for g, m in zip(grads, sums)]
+            for i, d in zip(rows, out):
+                directions[i] = d
+        return directions
+
+    def _admit(self, offer: _Offer) -> None:
+        """Store the admitted gradients, then decay priorities and age entries."""
+        topC = offer.group["topC"]
+        resync_every = _RESYNC_PER_SLOT * topC
+        slots, sums, grads, evicting, resync = [], [], [], [], []
+        for i, admitted in enumerate(offer.admit_host):
+            if not admitted:
+                continue
+            mem = offer.mems[i]
+            slot_view = mem["critical_store"][offer.slot_host[i]]
+            slots.append(slot_view)
+            sums.append(mem["critical_sum"])
+            grads.append(offer.grads[i])
+            if offer.filled_host[i] == topC:
+                evicting.append(i)
+                if (offer.evicted_host[i] + 1) % resync_every == 0:
+                    resync.append(i)
+        if evicting:
+            torch._foreach_sub_([offer.mems[i]["critical_sum"] for i in evicting],
+                                [offer.mems[i]["critical_store"][offer.slot_host[i]]
+                                 for i in evicting])
+        if slots:
+            torch._foreach_copy_(slots, grads)
+            torch._foreach_add_(sums, slots)
+        for i in resync:
+            mem = offer.mems[i]
+            torch.sum(mem["critical_store"], dim=0, dtype=mem["critical_sum"].dtype,
+                      out=mem["critical_sum"])
+        priority, age, evicted_age = M.update_bookkeeping(
+            offer.keys, offer.priority, offer.age, offer.admit, offer.slot, offer.group["decay"])
+        stats = offer.stats + M.statistics_increment(offer.keys, offer.admit, offer.filled, topC,
+                                                     evicted_age)
+        for name, value in (("critical_priority", priority), ("critical_age", age),
+                            ("critical_stats", stats)):
+            torch._foreach_copy_([m[name] for m in offer.mems], list(value.unbind(0)))
+
+
+class _Offer:
+    """What one group's step decided, carried from before the base step to after it."""
+
+    def __init__(self, index, group, params, grads, mems, keys, priority, age, stats, admit, slot,
+                 filled, admit_host, slot_host, filled_host, evicted_host):
+        self.index, self.group, self.params, self.grads, self.mems = index, group, params, grads, mems
+        self.keys, self.priority, self.age, self.stats = keys, priority, age, stats
+        self.admit, self.slot, self.filled = admit, slot, filled
+        self.admit_host, self.slot_host = admit_host, slot_host
+        self.filled_host, self.evicted_host = filled_host, evicted_host
+        self.directions: list[Tensor | None] = []
+
+    def swap_in(self) -> None:
+        for p, d in zip(self.params, self.directions):
+            if d is not None:
+                p.grad = d
+
+    def swap_out(self) -> None:
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
