@@ -26,20 +26,22 @@ class _MemoryOptimizer(CriticalGradients):
     def __init__(self, params: Any, lr: float | torch.Tensor | None = None, *, topC: int = 10,
                  decay: float = 0.7, kappa: float = 1.0, aggr: str | None = None,
                  synced: bool | None = None, key: str | None = None,
-                 store_dtype: torch.dtype | None = None, **base_kwargs: Any) -> None:
+                 store_dtype: torch.dtype | None = None, compile: bool = False,
+                 **base_kwargs: Any) -> None:
         if lr is None:
             lr = inspect.signature(self.base_class).parameters["lr"].default
         base = self.base_class(params, lr=lr, **base_kwargs)
         super().__init__(base, topC=topC, decay=decay, kappa=kappa,
                          aggr=self.default_aggr if aggr is None else aggr,
-                         key=key_from_synced(synced, key), store_dtype=store_dtype)
+                         key=key_from_synced(synced, key), store_dtype=store_dtype,
+                         compile=compile)
 
 
 _SHARED_DOC = """
     Memory arguments (see :class:`critgrad.CriticalGradients`): ``topC`` (10), ``decay`` (0.7),
     ``kappa`` (1.0; 0 gives exactly ``torch.optim.{base}``), ``aggr`` (``"{aggr}"``), ``synced``
     (True: one key per group, the sum of the tensors' norms; False: per tensor) or ``key``
-    (``"sum_of_norms"``, ``"per_tensor"``, ``"global_norm"``), ``store_dtype`` (None).
+    (``"sum_of_norms"``, ``"per_tensor"``, ``"global_norm"``), ``store_dtype`` (None), ``compile`` (False).
     ``lr`` and every other argument are those of ``torch.optim.{base}`` (default lr {lr}).
 
     Example:
