@@ -38,8 +38,10 @@ def compiled_memory_pass():
     """:func:`memory_pass` through ``torch.compile`` (built on first use)."""
     global _compiled
     if _compiled is None:
+        # Traced once per group layout. Past torch's recompile limit (8 layouts in a process)
+        # dynamo runs this same function eagerly: slower, never different.
         # Rounding to a low-precision store must happen before the running sum adds the value,
         # as in eager mode; inductor would otherwise keep the intermediate in float32.
-        _compiled = torch.compile(memory_pass, fullgraph=True, dynamic=False,
+        _compiled = torch.compile(memory_pass, fullgraph=False, dynamic=False,
                                   options={"emulate_precision_casts": True})
     return _compiled

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _kernels
+from . import _fused, _kernels
 from . import memory as M
 
 MEMORY_OPTIONS = ("topC", "decay", "kappa", "aggr", "key", "store_dtype")
@@ -205,6 +205,8 @@ class CriticalGradients(Optimizer):
             offer = self._offer(index, group)
             if offer is not None:
                 offers.append(offer)
+        if self._fused_step(offers):
+            return loss
         for offer in offers:
             if offer.compiled:
                 self._compiled_pass(offer)
@@ -403,9 +405,10 @@ class CriticalGradients(Optimizer):
                                    "parameters their own group with kappa=0")
         grads = [p.grad for p in params]
         mems = [self._memory_of(p, group) for p in params]
-        norm_dtype = (torch.float64 if any(g.dtype == torch.float64 for g in grads)
-                      else torch.float32)
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=norm_dtype))
+        if all(g.dtype in (torch.float32, torch.float64) for g in grads):
+            norms = torch.stack(torch._foreach_norm(grads)).to(torch.float64)
+        else:  # low-precision gradients: accumulate their norms in float32 at least
+            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
         keys = M.keys_from_norms(norms, group["key"]).to(torch.float64)
         priority = torch.stack([m["critical_priority"] for m in mems])
         age = torch.stack([m["critical_age"] for m in mems])
@@ -443,6 +446,23 @@ class CriticalGradients(Optimizer):
             for i, d in zip(rows, out):
                 directions[i] = d
         return directions
+
+    def _fused_step(self, offers: list[_Offer]) -> bool:
+        """Run the memory and the base update as one compiled pass, where that is supported.
+
+        Only with ``compile=True``, for SGD, Adam and AdamW, and when every group takes part (a
+        group left to the base's own step would otherwise be stepped twice).
+        """
+        if not (self.compile and offers and len(offers) == len(self.param_groups)
+                and all(offer.compiled for offer in offers)):
+            return False
+        kind = _fused.kind_of(self.base, offers)
+        if kind is None:
+            return False
+        for offer in offers:
+            _fused.step(self.base, offer, kind)
+            self._finish(offer)
+        return True
 
     def _compiled_pass(self, offer: _Offer) -> None:
         """Directions and admission writes for the group in one compiled pass per tensor."""
