@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -91,7 +92,13 @@ def aggregate(grad: Tensor, stored: Sequence[Tensor], aggr: str, kappa: float) -
     raise ValueError(f"aggr must be one of {AGGREGATIONS}, got {aggr!r}")
 
 
-def admission(keys: Tensor, priority: Tensor, age: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+# The bookkeeping below works on small host arrays (numpy): the admission decision has to reach
+# the host anyway (it picks which slot to write), and numpy does these few-element operations
+# several times faster than dispatching torch operators.
+
+
+def admission(keys: np.ndarray, priority: np.ndarray,
+              age: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide, for n memories at once, whether each key enters and in which slot.
 
     Args:
@@ -100,55 +107,48 @@ def admission(keys: Tensor, priority: Tensor, age: Tensor) -> tuple[Tensor, Tens
         age: ``(n, C)`` ages, -1 for empty slots.
 
     Returns:
-        ``admit`` ``(n,)`` bool, ``slot`` ``(n,)`` int64, ``filled`` ``(n,)`` int64 (entries before
+        ``admit`` ``(n,)`` bool, ``slot`` ``(n,)`` int, ``filled`` ``(n,)`` int (entries before
         this step). A non-finite key is never admitted. With room, the next empty slot is used;
         when full, the key replaces the smallest priority only if it is strictly greater (ties go
-        to the lowest slot index, as ``argmin`` does).
+        to the lowest slot index).
     """
-    capacity = priority.shape[-1]
-    filled = (age >= 0).sum(-1)
+    capacity = priority.shape[1]
+    filled = (age >= 0).sum(1)
     has_room = filled < capacity
-    smallest = priority.amin(-1)
-    # argmin's tie rule is documented (the first index); min(dim)'s index is not.
-    smallest_slot = priority.argmin(-1)
+    smallest_slot = priority.argmin(1)  # the first index among equal minima
+    smallest = np.take_along_axis(priority, smallest_slot[:, None], 1)[:, 0]
     # Slots are filled in order 0, 1, ... and never emptied, so the first empty one is `filled`.
-    slot = torch.where(has_room, filled, smallest_slot)
-    admit = torch.isfinite(keys) & (has_room | (keys > smallest.to(keys.dtype)))
+    slot = np.where(has_room, filled, smallest_slot)
+    with np.errstate(invalid="ignore"):
+        admit = np.isfinite(keys) & (has_room | (keys > smallest))
     return admit, slot, filled
 
 
-def update_bookkeeping(keys: Tensor, priority: Tensor, age: Tensor, admit: Tensor, slot: Tensor,
-                       decay: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Priorities and ages after this step's admission and decay; also the evicted entries' ages.
+def update_bookkeeping_(keys: np.ndarray, priority: np.ndarray, age: np.ndarray,
+                        admit: np.ndarray, slot: np.ndarray, decay: float) -> np.ndarray:
+    """Admit, decay and age in place; returns the ages of the entries that admissions evicted.
 
-    Returns new ``(priority, age, evicted_age)``: the admitted key takes its slot with age 0, then
-    every priority is multiplied by ``decay`` and every filled entry ages by one step.
-    ``evicted_age`` ``(n,)`` is the age of the entry an admission overwrote, -1 where none was.
+    The admitted key takes its slot with age 0, then every priority is multiplied by ``decay``
+    and every filled entry ages by one step. The returned ``(n,)`` holds the age of the entry each
+    admission overwrote, -1 where none was overwritten.
     """
-    rows = torch.arange(keys.shape[0], device=keys.device)
+    rows = np.arange(len(keys))
     old_age = age[rows, slot]
-    evicted_age = torch.where(admit, old_age, torch.full_like(old_age, -1))
-    priority = priority.clone()
-    age = age.clone()
-    priority[rows, slot] = torch.where(admit, keys.to(priority.dtype), priority[rows, slot])
-    age[rows, slot] = torch.where(admit, torch.zeros_like(old_age), old_age)
-    priority.mul_(decay)
-    age = torch.where(age >= 0, age + 1, age)
-    return priority, age, evicted_age
+    priority[rows[admit], slot[admit]] = keys[admit]
+    age[rows[admit], slot[admit]] = 0
+    priority *= decay
+    np.add(age, 1, out=age, where=age >= 0)
+    return np.where(admit, old_age, -1)
 
 
-def statistics_increment(keys: Tensor, admit: Tensor, filled: Tensor, capacity: int,
-                         evicted_age: Tensor) -> Tensor:
-    """``(n, len(STAT_FIELDS))`` int64 increments of the statistics for one step."""
-    finite = torch.isfinite(keys)
-    full = filled >= capacity
+def add_statistics_(stats: np.ndarray, keys: np.ndarray, admit: np.ndarray, filled: np.ndarray,
+                    capacity: int, evicted_age: np.ndarray) -> None:
+    """Add one step to the ``(n, len(STAT_FIELDS))`` counts, in place."""
+    finite = np.isfinite(keys)
     evicted = evicted_age >= 0
-    columns = (
-        torch.ones_like(admit),  # offered
-        admit,  # admitted
-        finite & full & ~admit,  # rejected when full
-        ~finite,  # nonfinite
-        evicted,  # evicted
-        torch.where(evicted, evicted_age, torch.zeros_like(evicted_age)),  # evicted_age_sum
-    )
-    return torch.stack([c.to(torch.int64) for c in columns], dim=-1)
+    stats[:, 0] += 1  # offered
+    stats[:, 1] += admit  # admitted
+    stats[:, 2] += finite & (filled >= capacity) & ~admit  # rejected when full
+    stats[:, 3] += ~finite  # nonfinite
+    stats[:, 4] += evicted  # evicted
+    stats[:, 5] += np.where(evicted, evicted_age, 0)  # evicted_age_sum

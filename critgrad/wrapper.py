@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
@@ -152,6 +153,7 @@ class CriticalGradients(Optimizer):
         self.compile = compile
         self.memory: dict[Tensor, dict[str, Tensor]] = {}
         self._memory_defaults = memory_defaults
+        self._tables: dict[int, _Table] = {}
         self._last_offer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self._wrapping = True
         # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
@@ -289,13 +291,23 @@ class CriticalGradients(Optimizer):
             for name in MEMORY_OPTIONS:
                 group.setdefault(name, old[name])
         self.memory = {}
-        for index, mem in memory_state.items():
-            p = params[index]
-            group = self.param_groups[self._group_index(p)]
-            dtypes = memory_dtypes(p, group)
-            self.memory[p] = {k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
-                              for k in MEMORY_STATE_KEYS}
+        self._tables = {}
         self._last_offer = {}
+        index = 0
+        for group_index, group in enumerate(self.param_groups):
+            for row, p in enumerate(group["params"]):
+                mem = memory_state.get(index)
+                index += 1
+                if mem is None:
+                    continue
+                table = self._table_of(group_index, group)
+                dtypes = memory_dtypes(p, group)
+                loaded = {k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
+                          for k in ("critical_store", "critical_sum")}
+                views = table.row(row)
+                for k, view in views.items():
+                    view.copy_(mem[k].to(dtype=view.dtype))
+                self.memory[p] = {**loaded, **views}
 
     # ---------------------------------------------------------------- statistics
 
@@ -316,44 +328,32 @@ class CriticalGradients(Optimizer):
           offered gradients against the smallest and mean priority held before they were offered
           (None before the first offer).
 
-        One host synchronisation per group.
+        Computed on the host from the bookkeeping; no device synchronisation.
         """
         results = []
         for index, group in enumerate(self.param_groups):
-            mems = [self.memory[p] for p in group["params"] if p in self.memory]
+            table = self._tables.get(index)
             row: dict[str, Any] = {name: 0 for name in M.STAT_FIELDS}
             row.update(filled=0, capacity=group["topC"] * len(group["params"]), mean_age=None,
                        max_age=None, mean_eviction_age=None, last_key=None,
                        last_min_priority=None, last_mean_priority=None)
-            if mems:
-                stats = torch.stack([m["critical_stats"] for m in mems]).sum(0)
-                ages = torch.cat([m["critical_age"] for m in mems])
-                held = ages >= 0
-                summary = [stats.double(), held.sum().double().reshape(1),
-                           ages[held].double().mean().nan_to_num(-1.0).reshape(1),
-                           ages.max().double().reshape(1)]
+            if table is not None:
+                for name, value in zip(M.STAT_FIELDS, table.stats.sum(0).tolist()):
+                    row[name] = value
+                held = table.age[table.age >= 0]
+                row["filled"] = int(held.size)
+                if held.size:
+                    row["mean_age"] = float(held.mean())
+                    row["max_age"] = int(held.max())
                 last = self._last_offer.get(index)
                 if last is not None:
                     keys, priority, age = last
                     filled = age >= 0
-                    summary += [keys.mean().reshape(1),
-                                torch.where(filled, priority, math.inf).amin(-1).mean()
-                                .reshape(1),
-                                (priority * filled).sum().div(filled.sum()).reshape(1)]
-                values = torch.cat([s.to(torch.float64) for s in summary]).tolist()
-                for name, value in zip(M.STAT_FIELDS, values):
-                    row[name] = int(value)
-                row["filled"] = int(values[len(M.STAT_FIELDS)])
-                if row["filled"]:
-                    row["mean_age"] = values[len(M.STAT_FIELDS) + 1]
-                    row["max_age"] = int(values[len(M.STAT_FIELDS) + 2])
-                if last is not None:
-                    tail = values[len(M.STAT_FIELDS) + 3:]
-                    row["last_key"] = tail[0]
-                    if row["filled"] and math.isfinite(tail[1]):
-                        row["last_min_priority"] = tail[1]
-                    if math.isfinite(tail[2]):
-                        row["last_mean_priority"] = tail[2]
+                    row["last_key"] = float(keys.mean())
+                    if filled.any():
+                        row["last_min_priority"] = float(
+                            np.where(filled, priority, np.inf).min(1)[filled.any(1)].mean())
+                        row["last_mean_priority"] = float(priority[filled].mean())
             if row["evicted"]:
                 row["mean_eviction_age"] = row["evicted_age_sum"] / row["evicted"]
             del row["evicted_age_sum"]
@@ -368,27 +368,35 @@ class CriticalGradients(Optimizer):
                 return index
         raise KeyError("parameter not in this optimizer")
 
-    def _memory_of(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _table_of(self, index: int, group: Mapping[str, Any]) -> _Table:
+        """The group's bookkeeping (priorities, ages, counts), created empty the first time."""
+        table = self._tables.get(index)
+        n, topC = len(group["params"]), group["topC"]
+        if table is None:
+            table = _Table(n, topC)
+            self._tables[index] = table
+        elif table.priority.shape != (n, topC):
+            raise ValueError(
+                f"parameter group {index} changed after its memory was created (it had "
+                f"{table.priority.shape[0]} tensors and topC={table.priority.shape[1]}, now "
+                f"{n} and topC={topC}); topC can only be set before the group's first step and "
+                "parameters are added with add_param_group")
+        return table
+
+    def _memory_of(self, param: Tensor, group: Mapping[str, Any], table: _Table,
+                   row: int) -> dict[str, Tensor]:
         """The memory state of ``param``, created empty on its device the first time."""
         mem = self.memory.get(param)
         if mem is None:
             dtypes = memory_dtypes(param, group)
-            topC, device = group["topC"], param.device
             mem = {
-                "critical_store": torch.zeros((topC, *param.shape), dtype=dtypes["critical_store"],
-                                              device=device),
+                "critical_store": torch.zeros((group["topC"], *param.shape),
+                                              dtype=dtypes["critical_store"], device=param.device),
                 "critical_sum": torch.zeros_like(param, dtype=dtypes["critical_sum"],
                                                  memory_format=torch.preserve_format),
-                "critical_priority": torch.zeros(topC, dtype=torch.float64, device=device),
-                "critical_age": torch.full((topC,), -1, dtype=torch.int64, device=device),
-                "critical_stats": torch.zeros(len(M.STAT_FIELDS), dtype=torch.int64,
-                                              device=device),
+                **table.row(row),
             }
             self.memory[param] = mem
-        elif mem["critical_store"].shape[0] != group["topC"]:
-            raise ValueError(f"topC of a parameter group changed from "
-                             f"{mem['critical_store'].shape[0]} to {group['topC']} after its "
-                             "memory was created; topC can only be set before the first step")
         return mem
 
     def _offer(self, index: int, group: dict[str, Any]) -> _Offer | None:
@@ -396,32 +404,40 @@ class CriticalGradients(Optimizer):
         check_memory_options(group)
         if group["kappa"] == 0:
             return None
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
+        rows = [i for i, p in enumerate(group["params"]) if p.grad is not None]
+        if not rows:
             return None
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("critgrad does not support sparse gradients; give the sparse "
-                                   "parameters their own group with kappa=0")
+        params = [group["params"][i] for i in rows]
         grads = [p.grad for p in params]
-        mems = [self._memory_of(p, group) for p in params]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError("critgrad does not support sparse gradients; give the sparse "
+                               "parameters their own group with kappa=0")
+        table = self._table_of(index, group)
+        mems = [self._memory_of(p, group, table, i) for p, i in zip(params, rows)]
         if all(g.dtype in (torch.float32, torch.float64) for g in grads):
-            norms = torch.stack(torch._foreach_norm(grads)).to(torch.float64)
+            norms = torch._foreach_norm(grads)
         else:  # low-precision gradients: accumulate their norms in float32 at least
-            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
-        keys = M.keys_from_norms(norms, group["key"]).to(torch.float64)
-        priority = torch.stack([m["critical_priority"] for m in mems])
-        age = torch.stack([m["critical_age"] for m in mems])
-        stats = torch.stack([m["critical_stats"] for m in mems])
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        if len({n.device for n in norms}) > 1:
+            norms = [n.to(grads[0].device) for n in norms]
+        keys = M.keys_from_norms(torch.stack(norms).to(torch.float64), group["key"])
+        # The only host synchronisation of the step for this group.
+        keys = keys.cpu().numpy()
+        if len(rows) == len(group["params"]):
+            row_index = None  # the usual case: every tensor has a gradient, work on the table
+            priority, age, stats = table.priority, table.age, table.stats
+        else:
+            row_index = np.asarray(rows)
+            priority, age, stats = (table.priority[row_index], table.age[row_index],
+                                    table.stats[row_index])
+        self._last_offer[index] = (keys, priority.copy(), age.copy())
         admit, slot, filled = M.admission(keys, priority, age)
         evicted_column = M.STAT_FIELDS.index("evicted")
-        # The only host synchronisation of the step for this group.
-        host = torch.stack([admit.to(torch.int64), slot, filled,
-                            stats[:, evicted_column]]).tolist()
         offer = _Offer(index, group, params, grads, mems, keys, priority, age, stats, admit, slot,
-                       filled, *host)
+                       filled, admit.tolist(), slot.tolist(), filled.tolist(),
+                       stats[:, evicted_column].tolist())
+        offer.table, offer.row_index = table, row_index
         offer.compiled = self.compile and len({g.device for g in grads}) == 1
-        self._last_offer[index] = (keys, priority, age)
         return offer
 
     def _directions(self, offer: _Offer) -> list[Tensor | None]:
@@ -505,13 +521,37 @@ class CriticalGradients(Optimizer):
                 mem = offer.mems[i]
                 torch.sum(mem["critical_store"], dim=0, dtype=mem["critical_sum"].dtype,
                           out=mem["critical_sum"])
-        priority, age, evicted_age = M.update_bookkeeping(
-            offer.keys, offer.priority, offer.age, offer.admit, offer.slot, offer.group["decay"])
-        stats = offer.stats + M.statistics_increment(offer.keys, offer.admit, offer.filled, topC,
-                                                     evicted_age)
-        for name, value in (("critical_priority", priority), ("critical_age", age),
-                            ("critical_stats", stats)):
-            torch._foreach_copy_([m[name] for m in offer.mems], list(value.unbind(0)))
+        evicted_age = M.update_bookkeeping_(offer.keys, offer.priority, offer.age, offer.admit,
+                                            offer.slot, offer.group["decay"])
+        M.add_statistics_(offer.stats, offer.keys, offer.admit, offer.filled, topC, evicted_age)
+        if offer.row_index is not None:  # worked on copies of some rows: write them back
+            table = offer.table
+            table.priority[offer.row_index] = offer.priority
+            table.age[offer.row_index] = offer.age
+            table.stats[offer.row_index] = offer.stats
+
+
+class _Table:
+    """A group's bookkeeping, one row per tensor of the group: priorities, ages and counts.
+
+    It lives on the host, where the admission decision is made (the decision picks which slot of
+    the store, on the parameter's device, to write). The arrays are numpy views of CPU tensors, so
+    each tensor's memory state holds torch views of its row, which ``state_dict`` saves and
+    ``load_state_dict`` restores per parameter.
+    """
+
+    def __init__(self, n: int, topC: int) -> None:
+        self.tensors = {
+            "critical_priority": torch.zeros((n, topC), dtype=torch.float64),
+            "critical_age": torch.full((n, topC), -1, dtype=torch.int64),
+            "critical_stats": torch.zeros((n, len(M.STAT_FIELDS)), dtype=torch.int64),
+        }
+        self.priority = self.tensors["critical_priority"].numpy()
+        self.age = self.tensors["critical_age"].numpy()
+        self.stats = self.tensors["critical_stats"].numpy()
+
+    def row(self, i: int) -> dict[str, Tensor]:
+        return {name: tensor[i] for name, tensor in self.tensors.items()}
 
 
 class _Offer:
@@ -526,6 +566,8 @@ class _Offer:
         self.filled_host, self.evicted_host = filled_host, evicted_host
         self.directions: list[Tensor | None] = []
         self.compiled = False
+        self.table: _Table | None = None
+        self.row_index: Tensor | None = None
 
     def swap_in(self) -> None:
         for p, d in zip(self.params, self.directions):
