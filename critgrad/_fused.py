@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import memory as M
+from ._kernels import run_compiled
 
 try:  # the dtype torch.optim.Adam gives its step counter
     from torch.optim.optimizer import _get_scalar_dtype
@@ -87,19 +88,6 @@ def sgd_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tensor
             buf.copy_(torch.where(row[7] > 0, direction, buf * row[5] + row[6] * direction))
             direction = direction + row[5] * buf if nesterov else buf
         p.sub_(row[3] * direction)
-
-
-_compiled: dict[str, Any] = {}
-
-
-def _compiled_pass(kind: str):
-    if kind not in _compiled:
-        # Traced once per group layout (see critgrad._kernels); rounding to a low-precision store
-        # must happen before the running sum adds the value, as in eager mode.
-        function = adam_memory_pass if kind == "adam" else sgd_memory_pass
-        _compiled[kind] = torch.compile(function, fullgraph=False, dynamic=False,
-                                        options={"emulate_precision_casts": True})
-    return _compiled[kind]
 
 
 def kind_of(base: torch.optim.Optimizer, offers: list[Any]) -> str | None:
@@ -172,12 +160,11 @@ def step(base: torch.optim.Optimizer, offer: Any, kind: str) -> None:
                          lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5, eps, weight_decay, lr))
         coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
         amsgrad = bool(group["amsgrad"])
-        _compiled_pass("adam")(
-            offer.params, offer.grads, sums, slots,
-            [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
-            coefficients, amsgrad, bool(group["maximize"]),
-            bool(group.get("decoupled_weight_decay", False)), weight_decay != 0)
+        run_compiled(adam_memory_pass, offer.params, offer.grads, sums, slots,
+                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                     [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+                     coefficients, amsgrad, bool(group["maximize"]),
+                     bool(group.get("decoupled_weight_decay", False)), weight_decay != 0)
         return
     momentum = group["momentum"]
     buffers, rows = [], []
@@ -192,6 +179,6 @@ def step(base: torch.optim.Optimizer, offer: Any, kind: str) -> None:
         rows.append((*memory_columns, group["lr"], group["weight_decay"], momentum,
                      1 - group["dampening"], new))
     coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
-    _compiled_pass("sgd")(offer.params, offer.grads, sums, slots, buffers, coefficients,
-                          momentum != 0, bool(group["nesterov"]), bool(group["maximize"]),
-                          group["weight_decay"] != 0)
+    run_compiled(sgd_memory_pass, offer.params, offer.grads, sums, slots, buffers, coefficients,
+                 momentum != 0, bool(group["nesterov"]), bool(group["maximize"]),
+                 group["weight_decay"] != 0)

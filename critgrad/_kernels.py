@@ -8,7 +8,12 @@ admission flags come in as a tensor so that changing them never recompiles.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
+import torch._dynamo
 from torch import Tensor
 
 
@@ -31,17 +36,31 @@ def memory_pass(grads: list[Tensor], sums: list[Tensor], slots: list[Tensor],
     return directions
 
 
-_compiled = None
+_compiled: dict[str, Callable[..., Any]] = {}
+_failed: set[str] = set()
 
 
-def compiled_memory_pass():
-    """:func:`memory_pass` through ``torch.compile`` (built on first use)."""
-    global _compiled
-    if _compiled is None:
-        # Traced once per group layout. Past torch's recompile limit (8 layouts in a process)
-        # dynamo runs this same function eagerly: slower, never different.
+def run_compiled(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``torch.compile(function)``, or ``function`` itself where compiling is impossible.
+
+    Traced once per group layout; past torch's recompile limit (8 layouts in a process) dynamo
+    runs the same function eagerly: slower, never different. Where no compiler backend works
+    (no C++ compiler, an unsupported Python) a warning says so once and the eager function runs;
+    a failure at compile time happens before the function touches any tensor.
+    """
+    name = function.__qualname__
+    if name in _failed:
+        return function(*args)
+    if name not in _compiled:
         # Rounding to a low-precision store must happen before the running sum adds the value,
         # as in eager mode; inductor would otherwise keep the intermediate in float32.
-        _compiled = torch.compile(memory_pass, fullgraph=False, dynamic=False,
-                                  options={"emulate_precision_casts": True})
-    return _compiled
+        _compiled[name] = torch.compile(function, fullgraph=False, dynamic=False,
+                                        options={"emulate_precision_casts": True})
+    try:
+        return _compiled[name](*args)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        _failed.add(name)
+        warnings.warn(f"critgrad: torch.compile is unavailable here ({type(error).__name__}); "
+                      "compile=True falls back to the eager memory pass", RuntimeWarning,
+                      stacklevel=3)
+        return function(*args)

@@ -491,7 +491,8 @@ class CriticalGradients(Optimizer):
         coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
         slots = [m["critical_store"][slot] for m, slot in zip(offer.mems, offer.slot_host)]
         sums = [m["critical_sum"] for m in offer.mems]
-        offer.directions = _kernels.compiled_memory_pass()(offer.grads, sums, slots, coefficients)
+        offer.directions = _kernels.run_compiled(_kernels.memory_pass, offer.grads, sums, slots,
+                                                 coefficients)
 
     def _store(self, offer: _Offer) -> None:
         """Write the admitted gradients into their slots and the running sums (eager path)."""

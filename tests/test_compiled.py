@@ -56,3 +56,30 @@ def test_changing_slots_and_coefficients_do_not_recompile():
     assert counters["stats"]["unique_graphs"] == graphs
     stats = opt.memory_stats()[0]
     assert stats["evicted"] > 0 and stats["admitted"] < stats["offered"]
+
+
+def test_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    from critgrad import _kernels
+
+    def broken_compile(function, **kwargs):
+        def fail(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda: None, RuntimeError("no cc"), None)
+        return fail
+
+    monkeypatch.setattr(_kernels, "_compiled", {})
+    monkeypatch.setattr(_kernels, "_failed", set())
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    params_a, params_b = make_params(), make_params()
+    eager = critgrad.RMSprop(params_a, lr=0.01, topC=2)
+    compiled = critgrad.RMSprop(params_b, lr=0.01, topC=2, compile=True)
+    for step, grads in enumerate(gradient_sequence(params_a, 5)):
+        set_grads(params_a, grads)
+        set_grads(params_b, grads)
+        eager.step()
+        if step == 0:
+            with pytest.warns(RuntimeWarning, match="falls back"):
+                compiled.step()
+        else:
+            compiled.step()
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
