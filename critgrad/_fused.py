@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import memory as M
-from ._kernels import run_compiled
+from ._kernels import memory_step, run_compiled
 
 try:  # the dtype torch.optim.Adam gives its step counter
     from torch.optim.optimizer import _get_scalar_dtype
@@ -37,13 +37,8 @@ def adam_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tenso
     sqrt of the second bias correction, eps; then weight decay and lr are in columns 9 and 10.
     """
     for i in range(len(params)):
-        p, g, total, slot = params[i], grads[i], sums[i], slots[i]
-        row = coefficients[i]
-        c, s, admit = row[0], row[1], row[2] > 0
-        direction = ((g + c * total) * s).to(g.dtype)
-        stored = g.to(slot.dtype)
-        total.add_(torch.where(admit, stored.to(total.dtype) - slot.to(total.dtype), 0.0))
-        slot.copy_(torch.where(admit, stored, slot))
+        p, row = params[i], coefficients[i]
+        direction = memory_step(grads[i], sums[i], slots[i], row[0], row[1], row[2] > 0)
         if maximize:
             direction = -direction
         if weight_decay:
@@ -72,13 +67,8 @@ def sgd_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tensor
     1.0 where the momentum buffer is new (torch then starts it as a copy of the direction).
     """
     for i in range(len(params)):
-        p, g, total, slot = params[i], grads[i], sums[i], slots[i]
-        row = coefficients[i]
-        c, s, admit = row[0], row[1], row[2] > 0
-        direction = ((g + c * total) * s).to(g.dtype)
-        stored = g.to(slot.dtype)
-        total.add_(torch.where(admit, stored.to(total.dtype) - slot.to(total.dtype), 0.0))
-        slot.copy_(torch.where(admit, stored, slot))
+        p, row = params[i], coefficients[i]
+        direction = memory_step(grads[i], sums[i], slots[i], row[0], row[1], row[2] > 0)
         if maximize:
             direction = -direction
         if weight_decay:

@@ -17,23 +17,26 @@ import torch._dynamo
 from torch import Tensor
 
 
+def memory_step(g: Tensor, total: Tensor, slot: Tensor, c: Tensor, s: Tensor,
+                admit: Tensor) -> Tensor:
+    """For one tensor: the direction ``(g + c * S) * s``; where admitted, ``S += g - slot`` and
+    ``slot = g`` (in place). ``slot`` is the store entry an admission overwrites: zeros while the
+    memory has room, so the same formula fills and evicts."""
+    direction = ((g + c * total) * s).to(g.dtype)
+    stored = g.to(slot.dtype)
+    total.add_(torch.where(admit, stored.to(total.dtype) - slot.to(total.dtype), 0.0))
+    slot.copy_(torch.where(admit, stored, slot))
+    return direction
+
+
 def memory_pass(grads: list[Tensor], sums: list[Tensor], slots: list[Tensor],
                 coefficients: Tensor) -> list[Tensor]:
-    """Directions ``(g + c * S) * s``, and, where admitted, ``S += g - slot; slot = g``.
+    """:func:`memory_step` for every tensor of a group; mutates ``sums`` and ``slots``.
 
     ``coefficients`` is ``(n, 3)``: ``c``, ``s`` and the admission flag (1.0 or 0.0) per tensor.
-    ``slots`` are views of the store entries that an admitted gradient overwrites (zeros while
-    the memory has room, so the same formula fills and evicts). Mutates ``sums`` and ``slots``.
     """
-    directions = []
-    for i in range(len(grads)):
-        g, total, slot = grads[i], sums[i], slots[i]
-        c, s, admit = coefficients[i, 0], coefficients[i, 1], coefficients[i, 2] > 0
-        directions.append(((g + c * total) * s).to(g.dtype))
-        stored = g.to(slot.dtype)
-        total.add_(torch.where(admit, stored.to(total.dtype) - slot.to(total.dtype), 0.0))
-        slot.copy_(torch.where(admit, stored, slot))
-    return directions
+    return [memory_step(grads[i], sums[i], slots[i], coefficients[i, 0], coefficients[i, 1],
+                        coefficients[i, 2] > 0) for i in range(len(grads))]
 
 
 _compiled: dict[str, Callable[..., Any]] = {}
