@@ -128,6 +128,11 @@ class CriticalGradients(Optimizer):
     All of these can also be given per parameter group, and changed between steps (``topC`` and
     ``store_dtype`` only before the group's first step).
 
+    The stored gradients and their running sum live on each parameter's device; the bookkeeping
+    (``topC`` priorities and ages per tensor) lives on the host, where the admission decision is
+    taken after one device synchronisation per group and step. ``state_dict()`` holds all of it
+    as tensors inside each parameter's entry, under keys starting with ``critical_``.
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = CriticalGradients(torch.optim.Adam(model.parameters(), lr=1e-3), topC=5)
