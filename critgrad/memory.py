@@ -116,7 +116,7 @@ def admission(keys: np.ndarray, priority: np.ndarray,
     filled = (age >= 0).sum(1)
     has_room = filled < capacity
     smallest_slot = priority.argmin(1)  # the first index among equal minima
-    smallest = np.take_along_axis(priority, smallest_slot[:, None], 1)[:, 0]
+    smallest = priority.min(1)
     # Slots are filled in order 0, 1, ... and never emptied, so the first empty one is `filled`.
     slot = np.where(has_room, filled, smallest_slot)
     with np.errstate(invalid="ignore"):
@@ -134,10 +134,10 @@ def update_bookkeeping_(keys: np.ndarray, priority: np.ndarray, age: np.ndarray,
     """
     rows = np.arange(len(keys))
     old_age = age[rows, slot]
-    priority[rows[admit], slot[admit]] = keys[admit]
-    age[rows[admit], slot[admit]] = 0
+    priority[rows, slot] = np.where(admit, keys, priority[rows, slot])
+    age[rows, slot] = np.where(admit, 0, old_age)
     priority *= decay
-    np.add(age, 1, out=age, where=age >= 0)
+    age += age >= 0
     return np.where(admit, old_age, -1)
 
 

@@ -159,7 +159,7 @@ class CriticalGradients(Optimizer):
         self.memory: dict[Tensor, dict[str, Tensor]] = {}
         self._memory_defaults = memory_defaults
         self._tables: dict[int, _Table] = {}
-        self._last_offer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self._last_keys: dict[int, np.ndarray] = {}
         self._wrapping = True
         # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
         # add_param_group for each of the base's groups, which we adopt as the very same dicts.
@@ -297,7 +297,7 @@ class CriticalGradients(Optimizer):
                 group.setdefault(name, old[name])
         self.memory = {}
         self._tables = {}
-        self._last_offer = {}
+        self._last_keys = {}
         index = 0
         for group_index, group in enumerate(self.param_groups):
             for row, p in enumerate(group["params"]):
@@ -329,9 +329,9 @@ class CriticalGradients(Optimizer):
         - ``evicted``, ``mean_eviction_age``: entries replaced, and their mean age in steps;
         - ``filled``, ``capacity``: entries held now and ``topC`` x tensors;
         - ``mean_age``, ``max_age``: ages in steps of the entries held now (None when empty);
-        - ``last_key``, ``last_min_priority``, ``last_mean_priority``: the mean key of the last
-          offered gradients against the smallest and mean priority held before they were offered
-          (None before the first offer).
+        - ``min_priority``, ``mean_priority``: of the entries held now (after this step's decay);
+        - ``last_key``: the mean key of the gradients offered at the last step, to set against
+          the priorities (None before the first offer).
 
         Computed on the host from the bookkeeping; no device synchronisation.
         """
@@ -340,8 +340,8 @@ class CriticalGradients(Optimizer):
             table = self._tables.get(index)
             row: dict[str, Any] = {name: 0 for name in M.STAT_FIELDS}
             row.update(filled=0, capacity=group["topC"] * len(group["params"]), mean_age=None,
-                       max_age=None, mean_eviction_age=None, last_key=None,
-                       last_min_priority=None, last_mean_priority=None)
+                       max_age=None, mean_eviction_age=None, min_priority=None,
+                       mean_priority=None, last_key=None)
             if table is not None:
                 for name, value in zip(M.STAT_FIELDS, table.stats.sum(0).tolist()):
                     row[name] = value
@@ -350,15 +350,13 @@ class CriticalGradients(Optimizer):
                 if held.size:
                     row["mean_age"] = float(held.mean())
                     row["max_age"] = int(held.max())
-                last = self._last_offer.get(index)
-                if last is not None:
-                    keys, priority, age = last
-                    filled = age >= 0
+                filled = table.age >= 0
+                if filled.any():
+                    row["min_priority"] = float(table.priority[filled].min())
+                    row["mean_priority"] = float(table.priority[filled].mean())
+                keys = self._last_keys.get(index)
+                if keys is not None:
                     row["last_key"] = float(keys.mean())
-                    if filled.any():
-                        row["last_min_priority"] = float(
-                            np.where(filled, priority, np.inf).min(1)[filled.any(1)].mean())
-                        row["last_mean_priority"] = float(priority[filled].mean())
             if row["evicted"]:
                 row["mean_eviction_age"] = row["evicted_age_sum"] / row["evicted"]
             del row["evicted_age_sum"]
@@ -435,7 +433,7 @@ class CriticalGradients(Optimizer):
             row_index = np.asarray(rows)
             priority, age, stats = (table.priority[row_index], table.age[row_index],
                                     table.stats[row_index])
-        self._last_offer[index] = (keys, priority.copy(), age.copy())
+        self._last_keys[index] = keys
         admit, slot, filled = M.admission(keys, priority, age)
         evicted_column = M.STAT_FIELDS.index("evicted")
         offer = _Offer(index, group, params, grads, mems, keys, priority, age, stats, admit, slot,

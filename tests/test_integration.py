@@ -230,4 +230,5 @@ def test_memory_stats_track_ages():
     assert stats["filled"] == 2 and stats["mean_age"] == 2.0 and stats["max_age"] == 3
     assert stats["evicted"] == 1 and stats["mean_eviction_age"] == 3.0
     assert stats["last_key"] == pytest.approx(3 * 2 ** 0.5)
-    assert stats["last_min_priority"] == pytest.approx(2 ** 0.5)
+    assert stats["min_priority"] == pytest.approx(2 * 2 ** 0.5)
+    assert stats["mean_priority"] == pytest.approx(2.5 * 2 ** 0.5)
