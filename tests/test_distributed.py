@@ -3,6 +3,7 @@ run equals a single process on the whole batch."""
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -47,13 +48,23 @@ def worker(rank, port, out):
             opt.step()
         torch.save({"params": [p.detach() for p in model.parameters()],
                     "stats": opt.memory_stats()}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Freeing the DDP reducer after the gloo group can deadlock in torch's own teardown (its
+    # destructor joins a gloo thread that waits for the GIL); the results are on disk already.
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_ddp_matches_single_process(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    context = mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the DDP workers did not finish within 240 s")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     model, x, y = model_and_data()
     opt = critgrad.Adam(model.parameters(), lr=0.05, topC=3, decay=0.8)

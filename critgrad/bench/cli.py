@@ -1,0 +1,289 @@
+"""The ``critgrad`` command: parse, dispatch, and turn expected errors into one line and exit 2.
+
+    critgrad list [--data-dir DIR]
+    critgrad run PROBLEM [PROBLEM ...] --optimizers sgd,sgd_c --seeds 0,1,2 [--set lr=0.01]
+    critgrad sweep CONFIG.toml [--out DIR] [--executor inline|local|submitit] [--workers N]
+    critgrad report DIR [--out DIR] [--no-plots]
+    critgrad main [--out results/main] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2  # unknown names, bad values, missing data
+EXIT_FAILED_RUNS = 1  # the sweep finished but some runs raised
+
+
+class UsageError(ValueError):
+    """A command-line value that is wrong; the message says which and what is allowed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: integer, float, true/false/none, else the string itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``key=value`` (every optimizer) or ``label.key=value`` (one) -> {"all"|label: {...}}."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value or optimizer.key=value, got {item!r}")
+        label, dot, name = key.rpartition(".")
+        if dot and label not in optimizers:
+            raise UsageError(f"--set {item!r}: {label!r} is not one of --optimizers "
+                             f"{','.join(optimizers)}")
+        settings.setdefault(label if dot else "all", {})[name] = parse_value(value)
+    return settings
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def command_list(args) -> int:
+    from critgrad.bench import optimizer_labels
+    from critgrad.bench.datasets import locate
+    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.problems import list_problems
+
+    problems = list_problems()
+    width = max((len(p.name) for p in problems), default=8)
+    print("problems (data status for --data-dir "
+          f"{args.data_dir or '(none)'}; sizes):")
+    missing = []
+    for problem in problems:
+        try:
+            status = f"ok      {locate(problem.dataset, args.data_dir)}"
+        except DataUnavailable as error:
+            status = f"missing {problem.dataset}"
+            missing.append(str(error))
+        except KeyError:
+            status = f"?       {problem.dataset} (no locator)"
+        print(f"  {problem.name:<{width}}  {'/'.join(problem.sizes)}  {problem.description}")
+        print(f"  {'':<{width}}  data: {status}")
+    for message in dict.fromkeys(missing):
+        print(f"  missing data: {message}")
+    try:
+        labels = optimizer_labels.known_labels()
+        aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
+        print(f"optimizers: {', '.join(labels)}")
+        print(f"  aliases: {aliases}")
+    except RuntimeError as error:
+        print(f"optimizers: unavailable ({error})")
+    return 0
+
+
+def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
+    from critgrad.bench import report as reporting
+
+    print(f"{outcome.ran} run(s) done, {outcome.skipped} already finished, "
+          f"{len(outcome.failed)} failed; records in {sweep_obj.out}", file=sys.stderr)
+    if report:
+        try:
+            _, text, path = reporting.write_report(sweep_obj.out)
+        except ValueError as error:  # nothing to report (every run failed)
+            print(f"no report: {error}", file=sys.stderr)
+        else:
+            if print_tables:
+                print(text)
+            print(f"report: {path}", file=sys.stderr)
+    return EXIT_FAILED_RUNS if outcome.failed else 0
+
+
+def _command_line() -> str:
+    return " ".join(["critgrad"] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def command_run(args) -> int:
+    from critgrad.bench import protocols
+    from critgrad.bench.sweep import Sweep, run_sweep
+
+    settings = parse_settings(args.set or [], args.optimizers)
+    configs = protocols.default_configs(args.optimizers)
+    for label in args.optimizers:
+        configs[label].update(protocols.extra_hyperparameters(settings, label))
+    protocol = protocols.fixed(configs, seeds=args.seeds)
+    overrides = {}
+    for item in args.override or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--override expects key=value, got {item!r}")
+        overrides[key] = parse_value(value)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    out = Path(args.out or Path("runs") / "+".join(args.problems))
+    sweep_obj = Sweep(problems=args.problems, protocol=protocol, out=out, size=args.size,
+                      overrides=overrides, evals_per_epoch=args.evals_per_epoch,
+                      data_dir=args.data_dir,
+                      executor={"kind": "local", "workers": args.workers, "threads": 1},
+                      sinks={"tensorboard": True, "dir": str(out / "logs")}
+                      if args.tensorboard else {})
+    outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
+    return _finish(sweep_obj, outcome, report=not args.no_report)
+
+
+def command_sweep(args) -> int:
+    from critgrad.bench.sweep import parse_config, read_config_file, run_sweep
+
+    data = read_config_file(args.config)
+    sweep_obj = parse_config(data, out=args.out)
+    if args.executor:
+        sweep_obj.executor["kind"] = args.executor
+    if args.workers:
+        sweep_obj.executor["workers"] = args.workers
+    if args.data_dir:
+        sweep_obj.data_dir = args.data_dir
+    outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
+    return _finish(sweep_obj, outcome, report=not args.no_report)
+
+
+def command_report(args) -> int:
+    from critgrad.bench import report as reporting
+
+    analysis, text, path = reporting.write_report(args.dir, args.out, with_plots=not args.no_plots)
+    for message in analysis.broken:
+        print(f"broken record skipped: {message}", file=sys.stderr)
+    print(text)
+    print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def command_main(args) -> int:
+    import time
+
+    from critgrad.bench import main_job
+    from critgrad.bench.sweep import run_sweep
+
+    sweep_obj = main_job.main_sweep(out=args.out, workers=args.workers, seeds=args.seeds,
+                                    data_dir=args.data_dir)
+    print(f"main job: {', '.join(main_job.PROBLEMS)} x {len(main_job.OPTIMIZERS)} optimizers x "
+          f"{len(args.seeds)} seeds -> {args.out}", file=sys.stderr)
+    started = time.perf_counter()
+    outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
+    code = _finish(sweep_obj, outcome, report=True)
+    print(f"main job wall time: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return code
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from critgrad.bench import main_job
+
+    parser = _Parser(prog="critgrad", description="Critical Gradients benchmark harness.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    commands.required = True
+
+    listing = commands.add_parser("list", help="problems with their data status, optimizers")
+    listing.add_argument("--data-dir", help="folder holding user-provided data sets")
+    listing.set_defaults(handler=command_list)
+
+    run = commands.add_parser("run", help="one or more problems, several optimizers and seeds")
+    run.add_argument("problems", nargs="+", metavar="PROBLEM")
+    run.add_argument("--optimizers", type=_name_list, required=True,
+                     help="comma-separated labels, e.g. sgd,sgd_c,adam,adam_c")
+    run.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default 0)")
+    run.add_argument("--set", action="append", metavar="[OPTIMIZER.]KEY=VALUE",
+                     help="a hyperparameter for all optimizers or one (repeatable); the memory "
+                          "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers")
+    run.add_argument("--size", default="cpu", help="cpu (default) or full")
+    run.add_argument("--epochs", type=_positive_int, help="override the problem's epochs")
+    run.add_argument("--override", action="append", metavar="KEY=VALUE",
+                     help="override a problem setting, e.g. train_size=5000 (repeatable)")
+    run.add_argument("--evals-per-epoch", type=_positive_int, default=1)
+    run.add_argument("--out", help="run directory (default runs/PROBLEM[+PROBLEM])")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="parallel processes (default 1)")
+    run.add_argument("--tensorboard", action="store_true", help="also log to OUT/logs")
+    run.set_defaults(handler=command_run)
+
+    sweep = commands.add_parser("sweep", help="a grid from a TOML/YAML sweep file")
+    sweep.add_argument("config", metavar="CONFIG")
+    sweep.add_argument("--out", help="run directory (overrides the file's `out`)")
+    sweep.add_argument("--executor", choices=("inline", "local", "submitit"))
+    sweep.add_argument("--workers", type=_positive_int)
+    sweep.set_defaults(handler=command_sweep)
+
+    report = commands.add_parser("report", help="tables and plots from a run directory")
+    report.add_argument("dir", metavar="DIR")
+    report.add_argument("--out", help="where to write (default: DIR)")
+    report.add_argument("--no-plots", action="store_true")
+    report.set_defaults(handler=command_report)
+
+    main = commands.add_parser("main", help="the MNIST comparison (about 5 minutes on 2 cores)")
+    main.add_argument("--out", default=main_job.OUT)
+    main.add_argument("--workers", type=_positive_int, default=main_job.WORKERS)
+    main.add_argument("--seeds", type=_int_list, default=list(main_job.SEEDS))
+    main.set_defaults(handler=command_main)
+
+    for sub in (run, sweep, main):
+        sub.add_argument("--data-dir", help="folder holding user-provided data sets")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    for sub in (run, sweep):
+        sub.add_argument("--no-report", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from critgrad.bench.optimizer_labels import UnknownOptimizer
+    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.problems import UnknownProblem
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except (UsageError, UnknownProblem, UnknownOptimizer, DataUnavailable, ValueError,
+            FileNotFoundError, RuntimeError) as error:
+        print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("critgrad: interrupted; finished runs are kept - the same command resumes",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Image classification problems of the paper's CIFAR rows, and Fashion-MNIST as their CPU stand-in.
+
+=================  =========================================================  ==============
+problem            model                                                      data
+=================  =========================================================  ==============
+fashion-cnn        LeNet-style convnet (2 conv 5x5 + 3 fc), 28x28 padded to   Fashion-MNIST
+                   32x32, so that it is the very network of cifar10-cnn
+cifar10-cnn        the same LeNet-style convnet on 3x32x32                    CIFAR-10
+cifar10-resnet     CIFAR ResNet (He et al. 2016, depth 6n+2, BasicBlocks;     CIFAR-10
+                   full: depth 110 as in the authors' script, cpu: depth 20)
+cifar100-cnn       deeper convnet with batch norm (3 blocks of 2 conv)        CIFAR-100
+=================  =========================================================  ==============
+
+Paper setting (``full``): 45,000 train / 5,000 valid (a class-balanced hold-out of the official
+training set, fixed for all seeds) / 10,000 test, no augmentation, batch 64, gradient-norm clip 10,
+100 epochs. ``cpu`` (the default) trains a subset for a few epochs so that one run takes about a
+minute or less on two cores: fashion-cnn and cifar10-cnn 10,000 training images for 2 epochs;
+cifar10-resnet depth 20 on 4,000 images for 1 epoch (1,000 valid and test); cifar100-cnn at width 8
+on 8,000 images for 2 epochs (2,000 valid and test). Inputs are standardised per channel with the
+training subset's mean and std.
+
+Padding choice for Fashion-MNIST: the 28x28 images are replicate-padded by 2 pixels on each side
+(LeNet-5's own treatment of 28x28 digits in a 32x32 field). Replication extends the black border of
+the images, where zero padding after standardisation would draw a frame of a different value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from critgrad.bench.datasets import cifar as cifar_data
+from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problems import register
+from critgrad.bench.problems.mnist import image_classification_task
+
+SPLIT_SEED = 20220425  # fixed: the train/valid split must not change with the run's seed
+
+# The paper's CIFAR setting; each problem's cpu size below changes only what it lists.
+FULL = {"train_size": 45_000, "valid_size": 5_000, "test_size": 10_000, "batch_size": 64,
+        "epochs": 100, "grad_clip": 10.0, "eval_batch_size": 1_000}
+# Fashion-MNIST is not in the paper: its full size is the CIFAR-10 schedule on the 50k / 10k / 10k
+# split of the MNIST loader.
+FASHION_FULL = {**FULL, "train_size": 50_000, "valid_size": 10_000, "eval_batch_size": 2_000}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+class LeNet(nn.Module):
+    """conv 5x5 (6) - max pool - conv 5x5 (16) - max pool - fc 120 - fc 84 - fc classes, ReLU."""
+
+    def __init__(self, channels: int = 3, classes: int = 10, side: int = 32):
+        super().__init__()
+        if side > 32 or side % 2:
+            raise ValueError(f"side must be even and <= 32, got {side}")
+        self.pad = nn.ReplicationPad2d((32 - side) // 2) if side < 32 else nn.Identity()
+        self.conv1 = nn.Conv2d(channels, 6, kernel_size=5)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(self.pad(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut (a 1x1 conv-BN when the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: a 3x3 stem, 3 stages of (depth-2)/6 blocks at width w, 2w, 4w."""
+
+    def __init__(self, depth: int = 20, classes: int = 10, width: int = 16):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, 110, ...), got {depth}")
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        stages, channels = [], width
+        for stage, out_channels in enumerate((width, 2 * width, 4 * width)):
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                stages.append(BasicBlock(channels, out_channels, stride))
+                channels = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(channels, classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class DeepConvNet(nn.Module):
+    """Three blocks of two 3x3 conv-BN-ReLU layers and a 2x2 max pool (channels w,2w / 4w,4w /
+    8w,8w), then a dropout MLP head (32w, 16w hidden units)."""
+
+    def __init__(self, classes: int = 100, width: int = 32, dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for block in ((width, 2 * width), (4 * width, 4 * width), (8 * width, 8 * width)):
+            for out_channels in block:
+                layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(out_channels), nn.ReLU()]
+                channels = out_channels
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(channels * 4 * 4, 32 * width), nn.ReLU(),
+            nn.Linear(32 * width, 16 * width), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(16 * width, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and task
+
+def class_balanced_split(labels: np.ndarray, valid_size: int, seed: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, valid indices): ``valid_size / classes`` random images of each class held
+    out, the rest in a random order; the authors' split, with a fixed seed."""
+    classes = int(labels.max()) + 1
+    if valid_size % classes:
+        raise ValueError(f"valid_size must be a multiple of the {classes} classes, got {valid_size}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    valid = np.concatenate([order[labels[order] == c][: valid_size // classes]
+                            for c in range(classes)])
+    is_valid = np.zeros(len(labels), dtype=bool)
+    is_valid[valid] = True
+    return order[~is_valid[order]], np.sort(valid)
+
+
+_TENSOR_CACHE: dict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def cifar_tensors(name: str, settings: dict[str, Any], data_dir: str | None):
+    """Standardised float images (N, 3, 32, 32) and labels per split, cached per process."""
+    data = cifar_data.load(name, data_dir)
+    key = (name, data.source, settings["train_size"], settings["valid_size"],
+           settings["test_size"])
+    if key not in _TENSOR_CACHE:
+        train_idx, valid_idx = class_balanced_split(data.train_labels, settings["valid_size"],
+                                                    SPLIT_SEED)
+        train_idx = train_idx[: settings["train_size"]]
+        train = data.train_images[train_idx].astype(np.float32) / 255.0
+        mean = train.mean(axis=(0, 2, 3), keepdims=True)
+        std = train.std(axis=(0, 2, 3), keepdims=True) + 1e-8
+
+        def prepare(images: np.ndarray, labels: np.ndarray):
+            x = (images.astype(np.float32) / 255.0 - mean) / std
+            return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(labels)
+
+        test_size = settings["test_size"]
+        _TENSOR_CACHE[key] = {
+            "train": (torch.from_numpy((train - mean) / std),
+                      torch.from_numpy(data.train_labels[train_idx])),
+            "valid": prepare(data.train_images[valid_idx], data.train_labels[valid_idx]),
+            "test": prepare(data.test_images[:test_size], data.test_labels[:test_size]),
+        }
+    return _TENSOR_CACHE[key], data.source
+
+
+def classification_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], model: nn.Module,
+                        settings: dict[str, Any], info: dict[str, Any]) -> Task:
+    """A cross-entropy / accuracy :class:`Task` over in-memory tensors per split."""
+    train_x, train_y = data["train"]
+    batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
+
+    def train_batches(generator: torch.Generator):
+        order = torch.randperm(len(train_x), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            yield train_x[index], train_y[index]
+
+    def loss(model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
+        x, y = data[split]
+        total_loss, correct = 0.0, 0
+        was_training = model.training
+        model.eval()  # batch norm and dropout in inference mode, whatever the caller left
+        try:
+            with torch.no_grad():
+                for start in range(0, len(x), eval_batch_size):
+                    logits = model(x[start:start + eval_batch_size])
+                    target = y[start:start + eval_batch_size]
+                    total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+                    correct += int((logits.argmax(dim=1) == target).sum())
+        finally:
+            model.train(was_training)
+        return {"loss": total_loss / len(x), "metric": correct / len(x)}
+
+    return Task(
+        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
+        metric="accuracy", higher_is_better=True, epochs=settings["epochs"],
+        grad_clip=settings["grad_clip"],
+        info={**info, "train_size": len(train_x), "valid_size": len(data["valid"][0]),
+              "test_size": len(data["test"][0]), "batch_size": batch_size,
+              "steps_per_epoch": -(-len(train_x) // batch_size),
+              "parameters": sum(p.numel() for p in model.parameters())})
+
+
+def _cifar_builder(name: str, make_model: Callable[[dict[str, Any], int], nn.Module]):
+    classes = cifar_data.LAYOUTS[name].classes
+
+    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+        data, source = cifar_tensors(name, settings, data_dir)
+        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+        return classification_task(data, make_model(settings, classes), settings,
+                                   {"data_folder": source})
+    return build
+
+
+def _build_fashion(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    # The idx image pipeline (split, standardisation, batches) is the MNIST problems' own.
+    def make_model() -> nn.Module:
+        torch.manual_seed(seed)
+        return LeNet(channels=1, classes=10, side=28)
+    return image_classification_task("fashion-mnist", make_model, settings, data_dir)
+
+
+register(ProblemSpec(
+    name="fashion-cnn",
+    description="Fashion-MNIST, LeNet-style convnet (CPU stand-in for cifar10-cnn)",
+    dataset="fashion-mnist", metric="accuracy", higher_is_better=True,
+    sizes={"cpu": {**FASHION_FULL, "train_size": 10_000, "epochs": 2},
+           "full": dict(FASHION_FULL)},
+    builder=_build_fashion))
+
+for _name, _dataset, _description, _make, _cpu, _full in (
+        ("cifar10-cnn", "cifar10", "CIFAR-10, LeNet-style convnet",
+         lambda s, k: LeNet(3, k), {"train_size": 10_000, "test_size": 5_000, "epochs": 2}, {}),
+        ("cifar10-resnet", "cifar10", "CIFAR-10, CIFAR ResNet (depth 110 full, 20 cpu)",
+         lambda s, k: CifarResNet(s["depth"], k, s["width"]),
+         {"train_size": 4_000, "valid_size": 1_000, "test_size": 1_000, "epochs": 1,
+          "depth": 20, "width": 16},
+         {"depth": 110, "width": 16}),
+        ("cifar100-cnn", "cifar100", "CIFAR-100, deeper convnet with batch norm",
+         lambda s, k: DeepConvNet(k, s["width"], s["dropout"]),
+         {"train_size": 8_000, "valid_size": 2_000, "test_size": 2_000, "epochs": 2, "width": 8,
+          "dropout": 0.1},
+         {"width": 32, "dropout": 0.1})):
+    register(ProblemSpec(name=_name, description=_description, dataset=_dataset,
+                         metric="accuracy", higher_is_better=True,
+                         sizes={"cpu": {**FULL, **_full, **_cpu}, "full": {**FULL, **_full}},
+                         builder=_cifar_builder(_dataset, _make)))

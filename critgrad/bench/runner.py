@@ -1,0 +1,235 @@
+"""One run: (problem, optimizer label + hyperparameters, seed) -> one record.
+
+The record holds the learning curve (an evaluation point at step 0 and ``evals_per_epoch`` points
+per epoch: mean training loss since the previous point, validation and test loss and metric,
+training seconds so far, the optimizer's memory statistics), the final numbers, the step count and
+timings: wall time of the whole run, training time (evaluation excluded) and the time spent inside
+``optimizer.step()``. Everything but the timings is a function of the spec: torch's generator is
+seeded before the problem builds its model, and the batch order comes from a generator seeded with
+the same seed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from critgrad.bench import optimizer_labels
+from critgrad.bench.problems import get_problem
+from critgrad.bench.records import RECORD_FORMAT, RunSpec, finite_or_none
+
+
+def machine_info() -> dict[str, Any]:
+    """What the timings were measured on (no host name)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluation_steps(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
+    """Batch counts within an epoch after which to evaluate: evenly spaced, the last at the end."""
+    if evals_per_epoch < 1:
+        raise ValueError(f"evals_per_epoch must be >= 1, got {evals_per_epoch}")
+    count = min(evals_per_epoch, steps_per_epoch)
+    return sorted({round(steps_per_epoch * (j + 1) / count) for j in range(count)})
+
+
+def summarise_memory(stats: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    """One dict for all parameter groups of ``optimizer.memory_stats()``.
+
+    Integer counters ("offered", "admitted", "rejected", "nonfinite", ...) are summed, ``max_*``
+    values take the maximum, other numbers (``mean_age``, ...) are averaged over the groups that
+    have them; ``last_*`` snapshots are dropped, they only make sense per group and step.
+    """
+    if not stats:
+        return None
+    summary: dict[str, Any] = {}
+    keys = sorted({key for group in stats for key in group})
+    for key in keys:
+        values = [group[key] for group in stats
+                  if isinstance(group.get(key), (int, float)) and not isinstance(group[key], bool)]
+        if key.startswith("last_"):
+            continue
+        if not values:
+            summary[key] = None
+        elif key.startswith("max_"):
+            summary[key] = max(values)
+        elif all(isinstance(v, int) for v in values) and not key.startswith("mean_"):
+            summary[key] = sum(values)
+        else:
+            summary[key] = sum(float(v) for v in values) / len(values)
+    for key in ("offered", "admitted", "rejected", "nonfinite"):
+        summary.setdefault(key, 0)
+    summary.setdefault("mean_age", None)
+    return summary
+
+
+def _memory(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    stats = getattr(optimizer, "memory_stats", None)
+    return summarise_memory(stats()) if callable(stats) else None
+
+
+def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
+        sink_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``spec`` and return its record (see the module docstring)."""
+    from critgrad.bench import sinks  # optional back ends, imported only when a run starts
+
+    started = time.perf_counter()
+    problem = get_problem(spec.problem)
+    seed_everything(spec.seed)
+    task = problem.build(spec.size, spec.seed, data_dir, spec.overrides)
+    optimizer_name, arguments = optimizer_labels.resolve(spec.optimizer, spec.hyperparameters)
+    optimizer = optimizer_labels.create(spec.optimizer, task.model, spec.hyperparameters)
+    generator = torch.Generator().manual_seed(spec.seed)
+
+    steps_per_epoch = task.info.get("steps_per_epoch")
+    if steps_per_epoch is None and spec.evals_per_epoch != 1:
+        raise ValueError(f"problem {spec.problem!r} does not know its steps per epoch; "
+                         "evals_per_epoch must be 1")
+    checkpoints = set(evaluation_steps(steps_per_epoch, spec.evals_per_epoch)
+                      if steps_per_epoch else ())
+    parameters = [p for p in task.model.parameters() if p.requires_grad]
+    outputs = sinks.open_sinks(sink_config, spec)
+
+    history: list[dict[str, Any]] = []
+    clock = {"train": 0.0, "optimizer": 0.0}
+    state = {"step": 0, "loss_sum": torch.zeros(()), "loss_count": 0}
+
+    def evaluate_point(epoch: float) -> dict[str, Any]:
+        task.model.eval()
+        valid = task.evaluate(task.model, "valid")
+        test = task.evaluate(task.model, "test")
+        task.model.train()
+        count = state["loss_count"]
+        mean_loss = state["loss_sum"].item() / count if count else None
+        state["loss_sum"], state["loss_count"] = torch.zeros(()), 0
+        point = {"epoch": epoch, "step": state["step"], "train_seconds": clock["train"],
+                 "train_loss": mean_loss,
+                 "valid_loss": float(valid["loss"]), "valid_metric": float(valid["metric"]),
+                 "test_loss": float(test["loss"]), "test_metric": float(test["metric"]),
+                 "memory": _memory(optimizer)}
+        history.append(point)
+        for sink in outputs:
+            sink.log(point)
+        return point
+
+    total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
+    bar = _progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
+    diverged = False
+    try:
+        evaluate_point(0.0)
+        task.model.train()
+        for epoch in range(task.epochs):
+            batch_in_epoch = 0
+            tick = time.perf_counter()
+            for batch in task.train_batches(generator):
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.loss(task.model, batch)
+                loss.backward()
+                if task.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, task.grad_clip)
+                before_step = time.perf_counter()
+                optimizer.step()
+                clock["optimizer"] += time.perf_counter() - before_step
+                state["loss_sum"] = state["loss_sum"] + loss.detach().float().cpu()
+                state["loss_count"] += 1
+                state["step"] += 1
+                batch_in_epoch += 1
+                bar.update(1)
+                if batch_in_epoch in checkpoints and batch_in_epoch != steps_per_epoch:
+                    clock["train"] += time.perf_counter() - tick
+                    point = evaluate_point(epoch + batch_in_epoch / steps_per_epoch)
+                    tick = time.perf_counter()
+                    if _diverged(point):
+                        diverged = True
+                        break
+            if diverged:
+                break
+            clock["train"] += time.perf_counter() - tick
+            if _diverged(evaluate_point(float(epoch + 1))):
+                diverged = True
+                break
+    finally:
+        bar.close()
+        for sink in outputs:
+            sink.close()
+
+    last = history[-1]
+    return finite_or_none({
+        "format": RECORD_FORMAT,
+        "key": spec.key(),
+        "spec": spec.to_dict(),
+        "optimizer_name": optimizer_name,
+        "optimizer_arguments": arguments,
+        "problem_info": dict(task.info),
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "epochs": task.epochs,
+        "history": history,
+        "final": {key: last[key] for key in ("train_loss", "valid_loss", "valid_metric",
+                                             "test_loss", "test_metric")},
+        "diverged": diverged,
+        "steps": state["step"],
+        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": clock["train"],
+        "optimizer_seconds": clock["optimizer"],
+        "machine": machine_info(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def _diverged(point: Mapping[str, Any]) -> bool:
+    """Training loss went non-finite: continuing would only burn time."""
+    loss = point["train_loss"]
+    return loss is not None and not math.isfinite(loss)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
+
+
+TIMING_KEYS = ("wall_seconds", "train_seconds", "optimizer_seconds", "finished_at", "machine")
+
+
+def without_timings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record minus everything that depends on the clock (for determinism checks)."""
+    stripped = {k: v for k, v in record.items() if k not in TIMING_KEYS}
+    stripped["history"] = [{k: v for k, v in point.items() if k != "train_seconds"}
+                           for point in record["history"]]
+    return stripped
