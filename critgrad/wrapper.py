@@ -550,12 +550,24 @@ class _Table:
             "critical_age": torch.full((n, topC), -1, dtype=torch.int64),
             "critical_stats": torch.zeros((n, len(M.STAT_FIELDS)), dtype=torch.int64),
         }
+        self._bind()
+
+    def _bind(self) -> None:
         self.priority = self.tensors["critical_priority"].numpy()
         self.age = self.tensors["critical_age"].numpy()
         self.stats = self.tensors["critical_stats"].numpy()
 
     def row(self, i: int) -> dict[str, Tensor]:
         return {name: tensor[i] for name, tensor in self.tensors.items()}
+
+    # Copies (deepcopy, pickle) carry the tensors; the numpy views are rebuilt on them, so that
+    # the copy's bookkeeping and the rows its state_dict saves stay one and the same memory.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tensors": self.tensors}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tensors = state["tensors"]
+        self._bind()
 
 
 class _Offer:

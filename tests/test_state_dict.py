@@ -130,6 +130,16 @@ def test_deepcopy_is_independent():
         opt.step()
         twin.step()
     assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
+    # The copy's saved memory is its live memory, not the one it was copied from.
+    saved, twin_saved = opt.state_dict()["state"], twin.state_dict()["state"]
+    for index in saved:
+        for key, value in saved[index].items():
+            assert torch.equal(value, twin_saved[index][key]), key
+    twin.param_groups[0]["lr"] = 0.0
+    set_grads(twin_params, grads[0])
+    twin.step()
+    assert twin.memory_stats()[0]["offered"] == opt.memory_stats()[0]["offered"] + 3
+    assert int(twin.state_dict()["state"][0]["critical_stats"][0]) == 7
 
 
 def test_memory_moves_with_the_parameters_device_and_dtype():
