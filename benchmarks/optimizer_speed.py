@@ -40,7 +40,6 @@ import inspect
 import json
 import math
 import os
-import platform
 import pstats
 import random
 import sys
@@ -54,6 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import critgrad
+from critgrad.bench.runner import machine_info as harness_machine_info
 
 SECTIONS = ("step", "train", "memory", "profile")
 DEFAULT_OUT = os.path.join("benchmarks", "results", "optimizer_speed.json")
@@ -88,24 +88,11 @@ _SCALE_CYCLE = 64
 # ------------------------------------------------------------------------------ small helpers
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    # The harness's description of the machine, plus what matters to timings here.
     return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **harness_machine_info(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
         "critgrad": getattr(critgrad, "__version__", "unknown"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
