@@ -59,3 +59,12 @@ class ProblemSpec:
             raise ValueError(f"size must be one of {sorted(self.sizes)}, got {size!r}")
         settings = {**self.sizes[size], **(overrides or {})}
         return self.builder(settings, seed, data_dir)
+
+
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                     generator: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of ``(x, y)`` minibatches in an order drawn from ``generator`` (last may be short)."""
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        yield x[index], y[index]

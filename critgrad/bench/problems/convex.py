@@ -32,7 +32,7 @@ from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
 from critgrad.bench.problems import register
 
 SETTINGS = {"rows": 5_000, "test_fraction": 0.2, "data_seed": 1234, "l2": 0.01,
@@ -72,10 +72,7 @@ def logistic_regression_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     model = nn.Linear(train_x.shape[1], classes)
 
     def train_batches(generator: torch.Generator):
-        order = torch.randperm(len(train_x), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            yield train_x[index], train_y[index]
+        return shuffled_batches(train_x, train_y, batch_size, generator)
 
     def loss(model: nn.Module, batch) -> torch.Tensor:
         x, y = batch

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
 from critgrad.bench.problems import register
 
 # The paper's setting; the cpu sizes below differ only where listed.
@@ -88,10 +88,7 @@ def image_classification_task(dataset: str, make_model: Callable[[], nn.Module],
     batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
 
     def train_batches(generator: torch.Generator):
-        order = torch.randperm(len(train_x), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            yield train_x[index], train_y[index]
+        return shuffled_batches(train_x, train_y, batch_size, generator)
 
     def loss(model: nn.Module, batch) -> torch.Tensor:
         x, y = batch

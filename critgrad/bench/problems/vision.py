@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from critgrad.bench.datasets import cifar as cifar_data
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
 from critgrad.bench.problems import register
 from critgrad.bench.problems.mnist import image_classification_task
 
@@ -200,10 +200,7 @@ def classification_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], mode
     batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
 
     def train_batches(generator: torch.Generator):
-        order = torch.randperm(len(train_x), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            yield train_x[index], train_y[index]
+        return shuffled_batches(train_x, train_y, batch_size, generator)
 
     def loss(model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
