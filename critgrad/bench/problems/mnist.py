@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
-from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
+from critgrad.bench.problem import ProblemSpec, Task, classification_task
 from critgrad.bench.problems import register
 
 # The paper's setting; the cpu sizes below differ only where listed.
@@ -84,37 +84,7 @@ def image_classification_task(dataset: str, make_model: Callable[[], nn.Module],
                               settings: dict[str, Any], data_dir: str | None) -> Task:
     """A classification :class:`Task` over an idx image data set ("mnist", "fashion-mnist")."""
     data, folder = _tensors(dataset, settings, data_dir)
-    train_x, train_y = data["train"]
-    batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
-
-    def train_batches(generator: torch.Generator):
-        return shuffled_batches(train_x, train_y, batch_size, generator)
-
-    def loss(model: nn.Module, batch) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
-
-    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
-        x, y = data[split]
-        total_loss, correct = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(x), eval_batch_size):
-                logits = model(x[start:start + eval_batch_size])
-                target = y[start:start + eval_batch_size]
-                total_loss += F.cross_entropy(logits, target, reduction="sum").item()
-                correct += int((logits.argmax(dim=1) == target).sum())
-        return {"loss": total_loss / len(x), "metric": correct / len(x)}
-
-    model = make_model()
-    return Task(
-        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
-        metric="accuracy", higher_is_better=True, epochs=settings["epochs"],
-        grad_clip=settings["grad_clip"],
-        info={"data_folder": folder, "train_size": len(train_x),
-              "valid_size": len(data["valid"][0]), "test_size": len(data["test"][0]),
-              "batch_size": batch_size,
-              "steps_per_epoch": -(-len(train_x) // batch_size),
-              "parameters": sum(p.numel() for p in model.parameters())})
+    return classification_task(data, make_model(), settings, {"data_folder": folder})
 
 
 def _builder(make_model: Callable[[], nn.Module]):
