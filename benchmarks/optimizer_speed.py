@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
+import functools
 import gc
 import inspect
 import json
@@ -87,6 +88,7 @@ _SCALE_CYCLE = 64
 
 # ------------------------------------------------------------------------------ small helpers
 
+
 def machine_info() -> dict[str, Any]:
     # The harness's description of the machine, plus what matters to timings here.
     return {
@@ -111,8 +113,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
     """Median, IQR and min of per-step times (seconds in, milliseconds out)."""
     ms = [s * 1e3 for s in seconds]
-    return {"median_ms": percentile(ms, 50), "iqr_ms": percentile(ms, 75) - percentile(ms, 25),
-            "min_ms": min(ms), "repeats_ms": ms}
+    return {
+        "median_ms": percentile(ms, 50),
+        "iqr_ms": percentile(ms, 75) - percentile(ms, 25),
+        "min_ms": min(ms),
+        "repeats_ms": ms,
+    }
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
@@ -120,8 +126,10 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> di
     ratios = [a / b for a, b in zip(numerator, denominator) if b > 0]
     if not ratios:
         return {"ratio": math.nan, "ratio_iqr": math.nan}
-    return {"ratio": percentile(ratios, 50),
-            "ratio_iqr": percentile(ratios, 75) - percentile(ratios, 25)}
+    return {
+        "ratio": percentile(ratios, 50),
+        "ratio_iqr": percentile(ratios, 75) - percentile(ratios, 25),
+    }
 
 
 def supports(torch_class: type, impl: str) -> bool:
@@ -185,8 +193,10 @@ def admission_counts(opt: Any) -> tuple[int, int] | None:
         return None
     try:
         rows = stats()
-        return (sum(int(r.get("offered", 0)) for r in rows),
-                sum(int(r.get("admitted", 0)) for r in rows))
+        return (
+            sum(int(r.get("offered", 0)) for r in rows),
+            sum(int(r.get("admitted", 0)) for r in rows),
+        )
     except Exception:  # statistics are informative only
         return None
 
@@ -211,9 +221,14 @@ def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         raise
 
 
-def print_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]],
-                stream=sys.stdout) -> None:
+def print_table(
+    title: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[dict[str, Any]],
+    stream=sys.stdout,
+) -> None:
     """A plain fixed-width table; ``columns`` are (key, header)."""
+
     def cell(value: Any) -> str:
         if value is None:
             return "-"
@@ -224,8 +239,9 @@ def print_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[d
         return str(value)
 
     cells = [[cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max([len(header)] + [len(c[i]) for c in cells]) for i, (_, header) in
-              enumerate(columns)]
+    widths = [
+        max([len(header)] + [len(c[i]) for c in cells]) for i, (_, header) in enumerate(columns)
+    ]
     print(f"\n{title}", file=stream)
     print("  ".join(h.rjust(w) for (_, h), w in zip(columns, widths)), file=stream)
     print("  ".join("-" * w for w in widths), file=stream)
@@ -236,12 +252,18 @@ def print_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[d
 
 # ------------------------------------------------------------------------------ timing core
 
+
 class Contender:
     """One optimizer on its own copy of the parameters, with gradients set by hand."""
 
-    def __init__(self, label: dict[str, Any], make: Callable[[list[torch.Tensor]], Any],
-                 init: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                 ratios: Sequence[float] | None) -> None:
+    def __init__(
+        self,
+        label: dict[str, Any],
+        make: Callable[[list[torch.Tensor]], Any],
+        init: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        ratios: Sequence[float] | None,
+    ) -> None:
         self.label = label
         self.params = [t.clone().requires_grad_(True) for t in init]
         for p, g in zip(self.params, grads):
@@ -254,8 +276,9 @@ class Contender:
 
     def perturb(self) -> None:
         if self.ratios is not None:
-            torch._foreach_mul_([p.grad for p in self.params],
-                                self.ratios[self.tick % len(self.ratios)])
+            torch._foreach_mul_(
+                [p.grad for p in self.params], self.ratios[self.tick % len(self.ratios)]
+            )
             self.tick += 1
 
     def run(self, steps: int) -> float:
@@ -292,6 +315,7 @@ def alternate(contenders: Sequence[Any], repeats: int, steps: int, seed: int) ->
 
 # ------------------------------------------------------------------------------ section: step
 
+
 def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict[str, Any]:
     shapes = mlp_shapes(args.params)
     generator = torch.Generator().manual_seed(args.seed)
@@ -307,34 +331,64 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
         contenders: list[Contender] = []
         for impl in IMPLS:
             if not supports(torch_class, impl):
-                skipped.append({"optimizer": name, "impl": impl,
-                                "why": f"torch.optim.{torch_class.__name__} has no "
-                                       f"{'/'.join(IMPLS[impl])} argument"})
+                skipped.append(
+                    {
+                        "optimizer": name,
+                        "impl": impl,
+                        "why": f"torch.optim.{torch_class.__name__} has no "
+                        f"{'/'.join(IMPLS[impl])} argument",
+                    }
+                )
                 continue
             options = {**kwargs, **IMPLS[impl]}
             for variant, extra in critgrad_variants(args):
                 try:
-                    impl_contenders = [] if variant != "eager" else [Contender(
-                        {"optimizer": name, "impl": impl, "topC": None, "variant": None},
-                        lambda ps, c=torch_class, o=options: c(ps, **o), init, grads, ratios)]
+                    impl_contenders = (
+                        []
+                        if variant != "eager"
+                        else [
+                            Contender(
+                                {"optimizer": name, "impl": impl, "topC": None, "variant": None},
+                                lambda ps, c=torch_class, o=options: c(ps, **o),
+                                init,
+                                grads,
+                                ratios,
+                            )
+                        ]
+                    )
                     for topC in args.topc:
-                        impl_contenders.append(Contender(
-                            {"optimizer": name, "impl": impl, "topC": topC, "variant": variant},
-                            lambda ps, c=critgrad_class, o={**options, **extra}, k=topC:
-                            c(ps, topC=k, **o), init, grads, ratios))
+                        impl_contenders.append(
+                            Contender(
+                                {"optimizer": name, "impl": impl, "topC": topC, "variant": variant},
+                                lambda ps, c=critgrad_class, o={**options, **extra}, k=topC: c(
+                                    ps, topC=k, **o
+                                ),
+                                init,
+                                grads,
+                                ratios,
+                            )
+                        )
                     for contender in impl_contenders:  # also catches step-time refusals
                         contender.opt.step()
-                except Exception as error:  # noqa: BLE001 - recorded and reported
-                    skipped.append({"optimizer": name, "impl": impl, "variant": variant,
-                                    "why": f"{type(error).__name__}: {error}"})
+                except Exception as error:
+                    skipped.append(
+                        {
+                            "optimizer": name,
+                            "impl": impl,
+                            "variant": variant,
+                            "why": f"{type(error).__name__}: {error}",
+                        }
+                    )
                     if variant == "eager":
                         break  # no torch twin for this implementation
                     continue
                 contenders += impl_contenders
         if not contenders:
             continue
-        log(f"step: {name}: {len(contenders)} contenders, {warmup} warm-up steps each, "
-            f"{args.repeats} repeats x {args.steps} steps")
+        log(
+            f"step: {name}: {len(contenders)} contenders, {warmup} warm-up steps each, "
+            f"{args.repeats} repeats x {args.steps} steps"
+        )
         for contender in contenders:
             contender.run(warmup - 1)
             contender.before = admission_counts(contender.opt)
@@ -348,11 +402,15 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
                     continue
                 mine = summary_ms(contender.seconds)
                 row = {
-                    "optimizer": name, "impl": impl, "topC": contender.label["topC"],
+                    "optimizer": name,
+                    "impl": impl,
+                    "topC": contender.label["topC"],
                     "variant": contender.label["variant"],
-                    "torch_ms": twin_summary["median_ms"], "torch_iqr_ms": twin_summary["iqr_ms"],
+                    "torch_ms": twin_summary["median_ms"],
+                    "torch_iqr_ms": twin_summary["iqr_ms"],
                     "torch_min_ms": twin_summary["min_ms"],
-                    "critgrad_ms": mine["median_ms"], "critgrad_iqr_ms": mine["iqr_ms"],
+                    "critgrad_ms": mine["median_ms"],
+                    "critgrad_iqr_ms": mine["iqr_ms"],
                     "critgrad_min_ms": mine["min_ms"],
                     "torch_repeats_ms": twin_summary["repeats_ms"],
                     "critgrad_repeats_ms": mine["repeats_ms"],
@@ -365,20 +423,33 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
                 row["ratio_vs_fastest"] = vs_fastest["ratio"]
                 row["ratio_vs_fastest_iqr"] = vs_fastest["ratio_iqr"]
                 after = admission_counts(contender.opt)
-                if contender.before is not None and after is not None and after[0] > \
-                        contender.before[0]:
-                    row["admission_rate"] = ((after[1] - contender.before[1])
-                                             / (after[0] - contender.before[0]))
+                if (
+                    contender.before is not None
+                    and after is not None
+                    and after[0] > contender.before[0]
+                ):
+                    row["admission_rate"] = (after[1] - contender.before[1]) / (
+                        after[0] - contender.before[0]
+                    )
                 rows.append(row)
         del contenders, torch_of, fastest
         gc.collect()
-    return {"params": n_params, "shapes": [list(s) for s in shapes], "dtype": "float32",
-            "grads": args.grads, "warmup_steps": warmup, "repeats": args.repeats,
-            "steps_per_repeat": args.steps, "topC": list(args.topc), "rows": rows,
-            "skipped": skipped}
+    return {
+        "params": n_params,
+        "shapes": [list(s) for s in shapes],
+        "dtype": "float32",
+        "grads": args.grads,
+        "warmup_steps": warmup,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.steps,
+        "topC": list(args.topc),
+        "rows": rows,
+        "skipped": skipped,
+    }
 
 
 # ------------------------------------------------------------------------------ section: train
+
 
 class TrainContender:
     """A full training step of one model copy with one optimizer."""
@@ -412,9 +483,13 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
     skipped: list[dict[str, str]] = []
     models_info = {}
     for model_name, sizes in TRAIN_MODELS.items():
-        batches = [(torch.randn(args.batch, sizes[0], generator=generator),
-                    torch.randint(0, sizes[-1], (args.batch,), generator=generator))
-                   for _ in range(8)]
+        batches = [
+            (
+                torch.randn(args.batch, sizes[0], generator=generator),
+                torch.randint(0, sizes[-1], (args.batch,), generator=generator),
+            )
+            for _ in range(8)
+        ]
         torch.manual_seed(args.seed)
         reference = build_mlp(sizes)
         models_info[model_name] = sum(p.numel() for p in reference.parameters())
@@ -424,58 +499,103 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
                 skipped.append({"model": model_name, "impl": impl, "why": "not supported"})
                 continue
             options = {"lr": 1e-3, **impl_kwargs}
-            kinds = [("torch", None)] + [(variant, extra) for variant, extra in
-                                         critgrad_variants(args)]
+            kinds = [("torch", None)] + [
+                (variant, extra) for variant, extra in critgrad_variants(args)
+            ]
             for kind, extra in kinds:
                 model = build_mlp(sizes)
                 model.load_state_dict(reference.state_dict())
                 if extra is None:
-                    make = lambda ps, o=options: torch.optim.Adam(ps, **o)
+                    make = functools.partial(torch.optim.Adam, **options)
                 else:
-                    make = lambda ps, o={**options, **extra}: critgrad.Adam(ps, topC=topC, **o)
+                    make = functools.partial(critgrad.Adam, topC=topC, **options, **extra)
+
                 try:
-                    contender = TrainContender({"model": model_name, "impl": impl, "kind": kind},
-                                               model, make, batches)
+                    contender = TrainContender(
+                        {"model": model_name, "impl": impl, "kind": kind}, model, make, batches
+                    )
                     contender.run(topC + 3)  # warm-up: the memory is full afterwards
-                except Exception as error:  # noqa: BLE001 - recorded and reported
-                    skipped.append({"model": model_name, "impl": impl, "variant": kind,
-                                    "why": f"{type(error).__name__}: {error}"})
+                except Exception as error:
+                    skipped.append(
+                        {
+                            "model": model_name,
+                            "impl": impl,
+                            "variant": kind,
+                            "why": f"{type(error).__name__}: {error}",
+                        }
+                    )
                     if kind == "torch":
                         break
                     continue
                 contenders.append(contender)
-        log(f"train: {model_name}: {len(contenders)} contenders, {args.repeats} repeats x "
-            f"{args.train_steps} steps")
+        log(
+            f"train: {model_name}: {len(contenders)} contenders, {args.repeats} repeats x "
+            f"{args.train_steps} steps"
+        )
         alternate(contenders, args.repeats, args.train_steps, args.seed + 1)
         for impl in IMPLS:
             pair = {c.label["kind"]: c for c in contenders if c.label["impl"] == impl}
             for variant in pair:
                 if variant == "torch":
                     continue
-                rows.append(train_row(model_name, models_info[model_name], impl, variant, topC,
-                                      args.batch, pair["torch"], pair[variant]))
+                rows.append(
+                    train_row(
+                        model_name,
+                        models_info[model_name],
+                        impl,
+                        variant,
+                        topC,
+                        args.batch,
+                        pair["torch"],
+                        pair[variant],
+                    )
+                )
         del contenders
         gc.collect()
-    return {"optimizer": "adam", "topC": topC, "batch": args.batch, "models": models_info,
-            "repeats": args.repeats, "steps_per_repeat": args.train_steps, "rows": rows,
-            "skipped": skipped}
+    return {
+        "optimizer": "adam",
+        "topC": topC,
+        "batch": args.batch,
+        "models": models_info,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.train_steps,
+        "rows": rows,
+        "skipped": skipped,
+    }
 
 
-def train_row(model_name: str, params: int, impl: str, variant: str, topC: int, batch: int,
-              torch_contender: TrainContender, contender: TrainContender) -> dict[str, Any]:
+def train_row(
+    model_name: str,
+    params: int,
+    impl: str,
+    variant: str,
+    topC: int,
+    batch: int,
+    torch_contender: TrainContender,
+    contender: TrainContender,
+) -> dict[str, Any]:
     twin, mine = summary_ms(torch_contender.seconds), summary_ms(contender.seconds)
-    row = {"model": model_name, "params": params, "impl": impl, "variant": variant,
-           "topC": topC, "batch": batch,
-           "torch_ms": twin["median_ms"], "torch_iqr_ms": twin["iqr_ms"],
-           "torch_min_ms": twin["min_ms"],
-           "critgrad_ms": mine["median_ms"], "critgrad_iqr_ms": mine["iqr_ms"],
-           "critgrad_min_ms": mine["min_ms"],
-           "ratio_of_medians": mine["median_ms"] / twin["median_ms"]}
+    row = {
+        "model": model_name,
+        "params": params,
+        "impl": impl,
+        "variant": variant,
+        "topC": topC,
+        "batch": batch,
+        "torch_ms": twin["median_ms"],
+        "torch_iqr_ms": twin["iqr_ms"],
+        "torch_min_ms": twin["min_ms"],
+        "critgrad_ms": mine["median_ms"],
+        "critgrad_iqr_ms": mine["iqr_ms"],
+        "critgrad_min_ms": mine["min_ms"],
+        "ratio_of_medians": mine["median_ms"] / twin["median_ms"],
+    }
     row.update(paired_ratio(contender.seconds, torch_contender.seconds))
     return row
 
 
 # ------------------------------------------------------------------------------ section: memory
+
 
 def transient_peak_bytes(step: Callable[[], Any]) -> int | None:
     """Peak bytes allocated by torch's CPU allocator during ``step()`` above the level at its start.
@@ -487,6 +607,7 @@ def transient_peak_bytes(step: Callable[[], Any]) -> int | None:
     """
     try:
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -519,8 +640,15 @@ def bench_memory(args: argparse.Namespace, log) -> dict[str, Any]:
     for store_dtype in (torch.float32, torch.bfloat16):
         for topC in args.topc:
             log(f"memory: store {store_dtype}, topC {topC}")
-            mine = Contender({}, lambda ps, k=topC, d=store_dtype: critgrad.Adam(
-                ps, topC=k, store_dtype=d, **options), init, grads, ratios)
+            mine = Contender(
+                {},
+                lambda ps, k=topC, d=store_dtype: critgrad.Adam(
+                    ps, topC=k, store_dtype=d, **options
+                ),
+                init,
+                grads,
+                ratios,
+            )
             mine.run(topC + 3)
             mine.perturb()
             transient = transient_peak_bytes(mine.opt.step)
@@ -531,35 +659,52 @@ def bench_memory(args: argparse.Namespace, log) -> dict[str, Any]:
             element = torch.empty((), dtype=store_dtype).element_size()
             # The running sum is kept in the parameters' float32 (also for a bfloat16 store).
             expected = topC * n_params * element + n_params * 4
-            extra_transient = (None if transient is None or torch_transient is None
-                               else transient - torch_transient)
-            row = {"store_dtype": str(store_dtype).replace("torch.", ""), "topC": topC,
-                   "impl": impl, "params": n_params,
-                   "memory_bytes": memory_bytes, "store_bytes": store_bytes,
-                   "sum_bytes": sum_bytes, "bookkeeping_bytes": memory_bytes - store_bytes
-                   - sum_bytes, "expected_bytes": expected, "ratio": memory_bytes / expected,
-                   "base_state_bytes": base_state_bytes,
-                   "step_transient_bytes": transient, "torch_step_transient_bytes":
-                   torch_transient, "extra_transient_bytes": extra_transient,
-                   "expected_transient_bytes": n_params * 4,
-                   "memory_mb": memory_bytes / 2**20, "expected_mb": expected / 2**20,
-                   "extra_transient_mb": None if extra_transient is None
-                   else extra_transient / 2**20}
+            extra_transient = (
+                None
+                if transient is None or torch_transient is None
+                else transient - torch_transient
+            )
+            row = {
+                "store_dtype": str(store_dtype).replace("torch.", ""),
+                "topC": topC,
+                "impl": impl,
+                "params": n_params,
+                "memory_bytes": memory_bytes,
+                "store_bytes": store_bytes,
+                "sum_bytes": sum_bytes,
+                "bookkeeping_bytes": memory_bytes - store_bytes - sum_bytes,
+                "expected_bytes": expected,
+                "ratio": memory_bytes / expected,
+                "base_state_bytes": base_state_bytes,
+                "step_transient_bytes": transient,
+                "torch_step_transient_bytes": torch_transient,
+                "extra_transient_bytes": extra_transient,
+                "expected_transient_bytes": n_params * 4,
+                "memory_mb": memory_bytes / 2**20,
+                "expected_mb": expected / 2**20,
+                "extra_transient_mb": None if extra_transient is None else extra_transient / 2**20,
+            }
             if extra_transient is not None:
                 row["peak_extra_bytes"] = memory_bytes + extra_transient
                 row["peak_ratio"] = row["peak_extra_bytes"] / expected
             rows.append(row)
             del mine, memory
             gc.collect()
-    return {"optimizer": "adam", "impl": impl, "params": n_params, "rows": rows,
-            "method": "memory_bytes: numel x element size of every tensor in opt.memory after "
-                      "the memory is full. step_transient_bytes: peak of (allocated - freed) "
-                      "bytes during one step() in torch's CPU allocator trace (torch.profiler, "
-                      "profile_memory=True); extra_transient_bytes is that minus the torch "
-                      "optimizer's own."}
+    return {
+        "optimizer": "adam",
+        "impl": impl,
+        "params": n_params,
+        "rows": rows,
+        "method": "memory_bytes: numel x element size of every tensor in opt.memory after "
+        "the memory is full. step_transient_bytes: peak of (allocated - freed) "
+        "bytes during one step() in torch's CPU allocator trace (torch.profiler, "
+        "profile_memory=True); extra_transient_bytes is that minus the torch "
+        "optimizer's own.",
+    }
 
 
 # ------------------------------------------------------------------------------ section: profile
+
 
 def bench_profile(args: argparse.Namespace, log) -> dict[str, Any]:
     topC = 10
@@ -583,15 +728,21 @@ def bench_profile(args: argparse.Namespace, log) -> dict[str, Any]:
     before = admission_counts(mine.opt)
 
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         mine.run(steps)
     averages = prof.key_averages()
     ops = []
     total_self = sum(a.self_cpu_time_total for a in averages) or 1.0
-    for a in sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:args.top]:
-        ops.append({"name": a.key, "calls_per_step": a.count / steps,
-                    "self_ms_per_step": a.self_cpu_time_total / 1e3 / steps,
-                    "share": a.self_cpu_time_total / total_self})
+    for a in sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[: args.top]:
+        ops.append(
+            {
+                "name": a.key,
+                "calls_per_step": a.count / steps,
+                "self_ms_per_step": a.self_cpu_time_total / 1e3 / steps,
+                "share": a.self_cpu_time_total / total_self,
+            }
+        )
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -604,76 +755,150 @@ def bench_profile(args: argparse.Namespace, log) -> dict[str, Any]:
     if base_step is not None and hasattr(base_step, "__code__"):
         code = base_step.__code__
         base_key = (code.co_filename, code.co_firstlineno, code.co_name)
-    root = next((v[3] for k, v in stats.items() if k[2] == "step" and
-                 os.path.abspath(k[0]).startswith(package) and "wrapper" in k[0]), None)
+    root = next(
+        (
+            v[3]
+            for k, v in stats.items()
+            if k[2] == "step" and os.path.abspath(k[0]).startswith(package) and "wrapper" in k[0]
+        ),
+        None,
+    )
     phases = []
     for key, (_, calls, own, cumulative, _) in stats.items():
         inside = os.path.abspath(key[0]).startswith(package) if key[0] != "~" else False
         if inside or key == base_key:
-            label = (f"torch.optim.{type(mine.opt.base).__name__}.step (base update)"
-                     if key == base_key else
-                     f"critgrad/{os.path.relpath(key[0], package)}:{key[2]}")
-            phases.append({"name": label, "calls_per_step": calls / steps,
-                           "cumulative_ms_per_step": cumulative * 1e3 / steps,
-                           "own_ms_per_step": own * 1e3 / steps,
-                           "share_of_step": cumulative / root if root else None})
+            label = (
+                f"torch.optim.{type(mine.opt.base).__name__}.step (base update)"
+                if key == base_key
+                else f"critgrad/{os.path.relpath(key[0], package)}:{key[2]}"
+            )
+            phases.append(
+                {
+                    "name": label,
+                    "calls_per_step": calls / steps,
+                    "cumulative_ms_per_step": cumulative * 1e3 / steps,
+                    "own_ms_per_step": own * 1e3 / steps,
+                    "share_of_step": cumulative / root if root else None,
+                }
+            )
     phases.sort(key=lambda r: r["cumulative_ms_per_step"], reverse=True)
     builtins = []
-    for key, (_, calls, own, _, _) in sorted(stats.items(), key=lambda kv: kv[1][2],
-                                              reverse=True)[:args.top]:
-        builtins.append({"name": key[2] if key[0] == "~" else f"{os.path.basename(key[0])}:"
-                         f"{key[2]}", "calls_per_step": calls / steps,
-                         "own_ms_per_step": own * 1e3 / steps})
+    for key, (_, calls, own, _, _) in sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[
+        : args.top
+    ]:
+        builtins.append(
+            {
+                "name": key[2] if key[0] == "~" else f"{os.path.basename(key[0])}:{key[2]}",
+                "calls_per_step": calls / steps,
+                "own_ms_per_step": own * 1e3 / steps,
+            }
+        )
     after = admission_counts(mine.opt)
     if before is not None and after is not None and after[0] > before[0]:
         plain["admission_rate_while_profiled"] = (after[1] - before[1]) / (after[0] - before[0])
-    return {"optimizer": "adam", "impl": impl, "topC": topC, "params": sum(
-        t.numel() for t in init), "steps": steps, **plain, "torch_ops": ops,
-        "critgrad_phases": phases, "cprofile_own_time": builtins}
+    return {
+        "optimizer": "adam",
+        "impl": impl,
+        "topC": topC,
+        "params": sum(t.numel() for t in init),
+        "steps": steps,
+        **plain,
+        "torch_ops": ops,
+        "critgrad_phases": phases,
+        "cprofile_own_time": builtins,
+    }
 
 
 # ------------------------------------------------------------------------------ main
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time critgrad optimizers against their torch twins (step alone, training "
-                    "step), measure their memory, and profile one step.")
+        "step), measure their memory, and profile one step."
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON path (default {DEFAULT_OUT})")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per contender (default 10; --quick 3)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps per repeat in the step section (default 5)")
-    parser.add_argument("--train-steps", type=int, default=None,
-                        help="training steps per repeat in the train section (default 20)")
-    parser.add_argument("--params", type=int, default=None,
-                        help="parameters of the step/memory/profile MLP (default 4.2M)")
-    parser.add_argument("--topc", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="comma-separated topC values (default 5,10,20)")
-    parser.add_argument("--grads", choices=("perturbed", "constant"), default="perturbed",
-                        help="perturbed (default): gradients scaled by a new factor before "
-                             "each step, outside the timing; constant: set once")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per contender (default 10; --quick 3)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per repeat in the step section (default 5)",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="training steps per repeat in the train section (default 20)",
+    )
+    parser.add_argument(
+        "--params",
+        type=int,
+        default=None,
+        help="parameters of the step/memory/profile MLP (default 4.2M)",
+    )
+    parser.add_argument(
+        "--topc",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="comma-separated topC values (default 5,10,20)",
+    )
+    parser.add_argument(
+        "--grads",
+        choices=("perturbed", "constant"),
+        default="perturbed",
+        help="perturbed (default): gradients scaled by a new factor before "
+        "each step, outside the timing; constant: set once",
+    )
     parser.add_argument("--batch", type=int, default=64, help="train section batch size")
-    parser.add_argument("--profile-steps", type=int, default=None,
-                        help="steps profiled in the profile section (default 10)")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=None,
+        help="steps profiled in the profile section (default 10)",
+    )
     parser.add_argument("--top", type=int, default=12, help="rows of the profile tables")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated sections (" + ",".join(SECTIONS) + ") and/or "
-                             "optimizers (" + ",".join(OPTIMIZERS) + ") to run")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few repeats (well under a minute): a smoke test")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time critgrad with compile=True (its torch.compile-d memory "
-                             "pass) in the step and train sections; the first steps compile")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for the run (default: torch's own choice, "
-                             "left as it is); restored when main() returns")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated sections (" + ",".join(SECTIONS) + ") and/or "
+        "optimizers (" + ",".join(OPTIMIZERS) + ") to run",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few repeats (well under a minute): a smoke test",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time critgrad with compile=True (its torch.compile-d memory "
+        "pass) in the step and train sections; the first steps compile",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the run (default: torch's own choice, "
+        "left as it is); restored when main() returns",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {"repeats": 3 if quick else 10, "steps": 2 if quick else 5,
-                "train_steps": 3 if quick else 20, "params": 20_000 if quick else 4_200_000,
-                "topc": [2, 4] if quick else [5, 10, 20], "profile_steps": 2 if quick else 10}
+    defaults = {
+        "repeats": 3 if quick else 10,
+        "steps": 2 if quick else 5,
+        "train_steps": 3 if quick else 20,
+        "params": 20_000 if quick else 4_200_000,
+        "topc": [2, 4] if quick else [5, 10, 20],
+        "profile_steps": 2 if quick else 10,
+    }
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -685,33 +910,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.topc or min(args.topc) < 1:
         parser.error("--topc values must be >= 1")
     sections, optimizers = [], []
-    for token in (args.only.split(",") if args.only else []):
+    for token in args.only.split(",") if args.only else []:
         token = token.strip().lower()
         if token in SECTIONS:
             sections.append(token)
         elif token in OPTIMIZERS:
             optimizers.append(token)
         elif token:
-            parser.error(f"--only: unknown {token!r} (sections: {', '.join(SECTIONS)}; "
-                         f"optimizers: {', '.join(OPTIMIZERS)})")
+            parser.error(
+                f"--only: unknown {token!r} (sections: {', '.join(SECTIONS)}; "
+                f"optimizers: {', '.join(OPTIMIZERS)})"
+            )
     args.sections = sections or list(SECTIONS)
     args.optimizers = optimizers or list(OPTIMIZERS)
     return args
 
 
-STEP_COLUMNS = [("optimizer", "optimizer"), ("impl", "impl"), ("variant", "critgrad"),
-                ("topC", "topC"),
-                ("torch_ms", "torch ms"), ("torch_iqr_ms", "iqr"), ("critgrad_ms", "critgrad ms"),
-                ("critgrad_iqr_ms", "iqr"), ("ratio", "ratio"),
-                ("ratio_vs_fastest", "vs fastest torch"), ("fastest_torch_impl", "(fastest)"),
-                ("admission_rate", "admitted")]
-TRAIN_COLUMNS = [("model", "model"), ("params", "params"), ("impl", "impl"),
-                 ("variant", "critgrad"),
-                 ("torch_ms", "Adam ms"), ("torch_iqr_ms", "iqr"), ("critgrad_ms", "Adam_C ms"),
-                 ("critgrad_iqr_ms", "iqr"), ("ratio", "ratio")]
-MEMORY_COLUMNS = [("store_dtype", "store"), ("topC", "topC"), ("memory_mb", "memory MiB"),
-                  ("expected_mb", "expected MiB"), ("ratio", "ratio"),
-                  ("extra_transient_mb", "step transient MiB"), ("peak_ratio", "peak ratio")]
+STEP_COLUMNS = [
+    ("optimizer", "optimizer"),
+    ("impl", "impl"),
+    ("variant", "critgrad"),
+    ("topC", "topC"),
+    ("torch_ms", "torch ms"),
+    ("torch_iqr_ms", "iqr"),
+    ("critgrad_ms", "critgrad ms"),
+    ("critgrad_iqr_ms", "iqr"),
+    ("ratio", "ratio"),
+    ("ratio_vs_fastest", "vs fastest torch"),
+    ("fastest_torch_impl", "(fastest)"),
+    ("admission_rate", "admitted"),
+]
+TRAIN_COLUMNS = [
+    ("model", "model"),
+    ("params", "params"),
+    ("impl", "impl"),
+    ("variant", "critgrad"),
+    ("torch_ms", "Adam ms"),
+    ("torch_iqr_ms", "iqr"),
+    ("critgrad_ms", "Adam_C ms"),
+    ("critgrad_iqr_ms", "iqr"),
+    ("ratio", "ratio"),
+]
+MEMORY_COLUMNS = [
+    ("store_dtype", "store"),
+    ("topC", "topC"),
+    ("memory_mb", "memory MiB"),
+    ("expected_mb", "expected MiB"),
+    ("ratio", "ratio"),
+    ("extra_transient_mb", "step transient MiB"),
+    ("peak_ratio", "peak ratio"),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -730,68 +978,94 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def log(message: str) -> None:
         if not args.quiet:
-            print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr,
-                  flush=True)
+            print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     info = machine_info()
-    print(f"torch {info['torch']}, critgrad {info['critgrad']}, {info['torch_threads']} threads, "
-          f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)"
-          + (f", load average {info['load_average'][0]:.1f}" if info["load_average"] else ""))
+    print(
+        f"torch {info['torch']}, critgrad {info['critgrad']}, {info['torch_threads']} threads, "
+        f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)"
+        + (f", load average {info['load_average'][0]:.1f}" if info["load_average"] else "")
+    )
     load, cores = (info["load_average"] or [0.0])[0], info["cpu_count"] or 1
     if load > cores and info["torch_threads"] > 1:
-        print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for "
-              f"the CPU, and torch's {info['torch_threads']} threads then wait on each other at "
-              "every parallel operation; timings can be inflated many times. Consider "
-              "--threads 1, or a quieter machine.")
+        print(
+            f"warning: load average {load:.1f} on {cores} cores: other processes compete for "
+            f"the CPU, and torch's {info['torch_threads']} threads then wait on each other at "
+            "every parallel operation; timings can be inflated many times. Consider "
+            "--threads 1, or a quieter machine."
+        )
     result: dict[str, Any] = {
         "format": RESULT_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
-        "args": {k: v for k, v in vars(args).items()},
+        "args": dict(vars(args).items()),
     }
     if "step" in args.sections:
         result["step"] = bench_step(args, args.optimizers, log)
         step = result["step"]
-        columns = STEP_COLUMNS if args.compile else [c for c in STEP_COLUMNS
-                                                     if c[0] != "variant"]
-        print_table(f"optimizer.step() alone: {step['params']:,} float32 parameters, grads "
-                    f"{step['grads']}; median ms per step over {step['repeats']} repeats x "
-                    f"{step['steps_per_repeat']} steps; ratio = critgrad / torch (same impl), "
-                    "median of per-repeat ratios", columns, step["rows"])
+        columns = STEP_COLUMNS if args.compile else [c for c in STEP_COLUMNS if c[0] != "variant"]
+        print_table(
+            f"optimizer.step() alone: {step['params']:,} float32 parameters, grads "
+            f"{step['grads']}; median ms per step over {step['repeats']} repeats x "
+            f"{step['steps_per_repeat']} steps; ratio = critgrad / torch (same impl), "
+            "median of per-repeat ratios",
+            columns,
+            step["rows"],
+        )
         for skip in step["skipped"]:
             what = " ".join(str(skip[k]) for k in ("optimizer", "impl", "variant") if skip.get(k))
             print(f"  skipped {what}: {skip['why']}")
     if "train" in args.sections:
         result["train"] = bench_train(args, log)
-        print_table(f"training step (forward, backward, step, zero_grad), batch {args.batch}, "
-                    "Adam vs critgrad.Adam topC 10; median ms",
-                    TRAIN_COLUMNS if args.compile else [c for c in TRAIN_COLUMNS
-                                                        if c[0] != "variant"],
-                    result["train"]["rows"])
+        print_table(
+            f"training step (forward, backward, step, zero_grad), batch {args.batch}, "
+            "Adam vs critgrad.Adam topC 10; median ms",
+            TRAIN_COLUMNS if args.compile else [c for c in TRAIN_COLUMNS if c[0] != "variant"],
+            result["train"]["rows"],
+        )
         for skip in result["train"]["skipped"]:
             what = " ".join(str(skip[k]) for k in ("model", "impl", "variant") if skip.get(k))
             print(f"  skipped {what}: {skip['why']}")
     if "memory" in args.sections:
         result["memory"] = bench_memory(args, log)
         memory = result["memory"]
-        print_table(f"memory of critgrad.Adam ({memory['impl']} base), {memory['params']:,} "
-                    "parameters; expected = topC x params x bytes(store) + params x 4 (sum)",
-                    MEMORY_COLUMNS, memory["rows"])
+        print_table(
+            f"memory of critgrad.Adam ({memory['impl']} base), {memory['params']:,} "
+            "parameters; expected = topC x params x bytes(store) + params x 4 (sum)",
+            MEMORY_COLUMNS,
+            memory["rows"],
+        )
     if "profile" in args.sections:
         result["profile"] = bench_profile(args, log)
         prof = result["profile"]
-        print(f"\nprofile: critgrad.Adam topC {prof['topC']} ({prof['impl']} base), "
-              f"{prof['params']:,} parameters: {prof['critgrad_step_ms']:.2f} ms per step "
-              f"unprofiled, torch Adam {prof['torch_step_ms']:.2f} ms; gradients held constant "
-              f"while profiled (admission rate "
-              f"{prof.get('admission_rate_while_profiled', math.nan):.2f})")
-        print_table("torch operators by self time (torch.profiler), per step",
-                    [("name", "operator"), ("calls_per_step", "calls"),
-                     ("self_ms_per_step", "self ms"), ("share", "share")], prof["torch_ops"])
-        print_table("critgrad phases (cProfile, cumulative), per step",
-                    [("name", "function"), ("calls_per_step", "calls"),
-                     ("cumulative_ms_per_step", "cum ms"), ("own_ms_per_step", "own ms"),
-                     ("share_of_step", "share")], prof["critgrad_phases"][:args.top])
+        print(
+            f"\nprofile: critgrad.Adam topC {prof['topC']} ({prof['impl']} base), "
+            f"{prof['params']:,} parameters: {prof['critgrad_step_ms']:.2f} ms per step "
+            f"unprofiled, torch Adam {prof['torch_step_ms']:.2f} ms; gradients held constant "
+            f"while profiled (admission rate "
+            f"{prof.get('admission_rate_while_profiled', math.nan):.2f})"
+        )
+        print_table(
+            "torch operators by self time (torch.profiler), per step",
+            [
+                ("name", "operator"),
+                ("calls_per_step", "calls"),
+                ("self_ms_per_step", "self ms"),
+                ("share", "share"),
+            ],
+            prof["torch_ops"],
+        )
+        print_table(
+            "critgrad phases (cProfile, cumulative), per step",
+            [
+                ("name", "function"),
+                ("calls_per_step", "calls"),
+                ("cumulative_ms_per_step", "cum ms"),
+                ("own_ms_per_step", "own ms"),
+                ("share_of_step", "share"),
+            ],
+            prof["critgrad_phases"][: args.top],
+        )
     result["wall_seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["machine"]["load_average_at_end"] = list(os.getloadavg())

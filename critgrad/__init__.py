@@ -1,22 +1,49 @@
 """critgrad: memory-augmented ("Critical Gradients") optimizers for PyTorch.
 
-    import critgrad
-    opt = critgrad.Adam(model.parameters(), lr=1e-3, topC=10, decay=0.7)   # torch.optim.Adam + memory
-    opt = critgrad.CriticalGradients(torch.optim.SGD(params, lr=0.1), topC=5)  # any torch optimizer
-    opt = critgrad.create_optimizer(model, "adamw_c", lr=1e-3, weight_decay=0.01)
+import critgrad
+opt = critgrad.Adam(model.parameters(), lr=1e-3, topC=10, decay=0.7)   # torch.optim.Adam + memory
+opt = critgrad.CriticalGradients(torch.optim.SGD(params, lr=0.1), topC=5)  # any torch optimizer
+opt = critgrad.create_optimizer(model, "adamw_c", lr=1e-3, weight_decay=0.01)
 """
 
 from .memory import AGGREGATIONS, KEY_MODES
-from .optimizers import (SGD, SGD_C, Adagrad, Adam, Adam_C, Adamax, AdamW, AdamW_C, NAdam, RAdam,
-                         RMSprop, RMSprop_C)
+from .optimizers import (
+    SGD,
+    SGD_C,
+    Adagrad,
+    Adam,
+    Adam_C,
+    Adamax,
+    AdamW,
+    AdamW_C,
+    NAdam,
+    RAdam,
+    RMSprop,
+    RMSprop_C,
+)
 from .registry import create_optimizer, list_optimizers, optimizer_class, param_groups_weight_decay
 from .wrapper import CriticalGradients
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AGGREGATIONS", "KEY_MODES", "CriticalGradients",
-    "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam",
-    "SGD_C", "RMSprop_C", "Adam_C", "AdamW_C",
-    "create_optimizer", "list_optimizers", "optimizer_class", "param_groups_weight_decay",
+    "AGGREGATIONS",
+    "KEY_MODES",
+    "SGD",
+    "SGD_C",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "AdamW_C",
+    "Adam_C",
+    "Adamax",
+    "CriticalGradients",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "RMSprop_C",
+    "create_optimizer",
+    "list_optimizers",
+    "optimizer_class",
+    "param_groups_weight_decay",
 ]

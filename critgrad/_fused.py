@@ -23,14 +23,25 @@ from ._kernels import memory_step, run_compiled
 try:  # the dtype torch.optim.Adam gives its step counter
     from torch.optim.optimizer import _get_scalar_dtype
 except ImportError:  # pragma: no cover - older torch
+
     def _get_scalar_dtype(is_fused=None):
         return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def adam_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tensor],
-                     slots: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                     max_exp_avg_sqs: list[Tensor], coefficients: Tensor, amsgrad: bool,
-                     maximize: bool, decoupled: bool, weight_decay: bool) -> None:
+def adam_memory_pass(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sums: list[Tensor],
+    slots: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    coefficients: Tensor,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    weight_decay: bool,
+) -> None:
     """The memory pass of :mod:`critgrad._kernels` followed by Adam's update, per tensor.
 
     ``coefficients`` is ``(n, 9)``: c, s, admit, 1 - beta1, beta2, 1 - beta2, step size,
@@ -58,9 +69,18 @@ def adam_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tenso
         p.sub_(row[6] * exp_avg / denom)
 
 
-def sgd_memory_pass(params: list[Tensor], grads: list[Tensor], sums: list[Tensor],
-                    slots: list[Tensor], buffers: list[Tensor], coefficients: Tensor,
-                    momentum: bool, nesterov: bool, maximize: bool, weight_decay: bool) -> None:
+def sgd_memory_pass(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sums: list[Tensor],
+    slots: list[Tensor],
+    buffers: list[Tensor],
+    coefficients: Tensor,
+    momentum: bool,
+    nesterov: bool,
+    maximize: bool,
+    weight_decay: bool,
+) -> None:
     """The memory pass followed by torch's SGD update, per tensor.
 
     ``coefficients`` is ``(n, 8)``: c, s, admit, lr, weight decay, momentum, 1 - dampening, and
@@ -92,8 +112,9 @@ def kind_of(base: torch.optim.Optimizer, offers: list[Any]) -> str | None:
         group = offer.group
         if group.get("capturable") or group["differentiable"] or isinstance(group["lr"], Tensor):
             return None
-        scalars = ("weight_decay", "eps") if kind == "adam" else ("weight_decay", "momentum",
-                                                                  "dampening")
+        scalars = (
+            ("weight_decay", "eps") if kind == "adam" else ("weight_decay", "momentum", "dampening")
+        )
         if any(not isinstance(group[k], float | int) for k in scalars):
             return None
         if kind == "adam" and any(isinstance(b, Tensor) for b in group["betas"]):
@@ -110,8 +131,9 @@ def _adam_state(base: torch.optim.Optimizer, group: dict[str, Any], p: Tensor) -
     if len(state) == 0:
         fused = bool(group["fused"])
         if group["capturable"] or fused:
-            state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused),
-                                        device=p.device)
+            state["step"] = torch.zeros(
+                (), dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+            )
         else:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -146,15 +168,36 @@ def step(base: torch.optim.Optimizer, offer: Any, kind: str) -> None:
         rows = []
         for memory_columns, step_t in zip(columns, steps):
             t = step_t.item()  # a CPU tensor unless the base is fused/capturable on a GPU
-            rows.append((*memory_columns, 1 - beta1, beta2, 1 - beta2,
-                         lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5, eps, weight_decay, lr))
+            rows.append(
+                (
+                    *memory_columns,
+                    1 - beta1,
+                    beta2,
+                    1 - beta2,
+                    lr / (1 - beta1**t),
+                    (1 - beta2**t) ** 0.5,
+                    eps,
+                    weight_decay,
+                    lr,
+                )
+            )
         coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
         amsgrad = bool(group["amsgrad"])
-        run_compiled(adam_memory_pass, offer.params, offer.grads, sums, slots,
-                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                     [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
-                     coefficients, amsgrad, bool(group["maximize"]),
-                     bool(group.get("decoupled_weight_decay", False)), weight_decay != 0)
+        run_compiled(
+            adam_memory_pass,
+            offer.params,
+            offer.grads,
+            sums,
+            slots,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+            coefficients,
+            amsgrad,
+            bool(group["maximize"]),
+            bool(group.get("decoupled_weight_decay", False)),
+            weight_decay != 0,
+        )
         return
     momentum = group["momentum"]
     buffers, rows = [], []
@@ -166,9 +209,27 @@ def step(base: torch.optim.Optimizer, offer: Any, kind: str) -> None:
                 state["momentum_buffer"] = torch.zeros_like(p)
                 new = 1.0
             buffers.append(state["momentum_buffer"])
-        rows.append((*memory_columns, group["lr"], group["weight_decay"], momentum,
-                     1 - group["dampening"], new))
+        rows.append(
+            (
+                *memory_columns,
+                group["lr"],
+                group["weight_decay"],
+                momentum,
+                1 - group["dampening"],
+                new,
+            )
+        )
     coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
-    run_compiled(sgd_memory_pass, offer.params, offer.grads, sums, slots, buffers, coefficients,
-                 momentum != 0, bool(group["nesterov"]), bool(group["maximize"]),
-                 group["weight_decay"] != 0)
+    run_compiled(
+        sgd_memory_pass,
+        offer.params,
+        offer.grads,
+        sums,
+        slots,
+        buffers,
+        coefficients,
+        momentum != 0,
+        bool(group["nesterov"]),
+        bool(group["maximize"]),
+        group["weight_decay"] != 0,
+    )

@@ -17,8 +17,9 @@ import torch._dynamo
 from torch import Tensor
 
 
-def memory_step(g: Tensor, total: Tensor, slot: Tensor, c: Tensor, s: Tensor,
-                admit: Tensor) -> Tensor:
+def memory_step(
+    g: Tensor, total: Tensor, slot: Tensor, c: Tensor, s: Tensor, admit: Tensor
+) -> Tensor:
     """For one tensor: the direction ``(g + c * S) * s``; where admitted, ``S += g - slot`` and
     ``slot = g`` (in place). ``slot`` is the store entry an admission overwrites: zeros while the
     memory has room, so the same formula fills and evicts."""
@@ -29,14 +30,24 @@ def memory_step(g: Tensor, total: Tensor, slot: Tensor, c: Tensor, s: Tensor,
     return direction
 
 
-def memory_pass(grads: list[Tensor], sums: list[Tensor], slots: list[Tensor],
-                coefficients: Tensor) -> list[Tensor]:
+def memory_pass(
+    grads: list[Tensor], sums: list[Tensor], slots: list[Tensor], coefficients: Tensor
+) -> list[Tensor]:
     """:func:`memory_step` for every tensor of a group; mutates ``sums`` and ``slots``.
 
     ``coefficients`` is ``(n, 3)``: ``c``, ``s`` and the admission flag (1.0 or 0.0) per tensor.
     """
-    return [memory_step(grads[i], sums[i], slots[i], coefficients[i, 0], coefficients[i, 1],
-                        coefficients[i, 2] > 0) for i in range(len(grads))]
+    return [
+        memory_step(
+            grads[i],
+            sums[i],
+            slots[i],
+            coefficients[i, 0],
+            coefficients[i, 1],
+            coefficients[i, 2] > 0,
+        )
+        for i in range(len(grads))
+    ]
 
 
 _compiled: dict[str, Callable[..., Any]] = {}
@@ -57,13 +68,17 @@ def run_compiled(function: Callable[..., Any], *args: Any) -> Any:
     if name not in _compiled:
         # Rounding to a low-precision store must happen before the running sum adds the value,
         # as in eager mode; inductor would otherwise keep the intermediate in float32.
-        _compiled[name] = torch.compile(function, fullgraph=False, dynamic=False,
-                                        options={"emulate_precision_casts": True})
+        _compiled[name] = torch.compile(
+            function, fullgraph=False, dynamic=False, options={"emulate_precision_casts": True}
+        )
     try:
         return _compiled[name](*args)
     except torch._dynamo.exc.BackendCompilerFailed as error:
         _failed.add(name)
-        warnings.warn(f"critgrad: torch.compile is unavailable here ({type(error).__name__}); "
-                      "compile=True falls back to the eager memory pass", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"critgrad: torch.compile is unavailable here ({type(error).__name__}); "
+            "compile=True falls back to the eager memory pass",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return function(*args)

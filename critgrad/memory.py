@@ -97,8 +97,9 @@ def aggregate(grad: Tensor, stored: Sequence[Tensor], aggr: str, kappa: float) -
 # several times faster than dispatching torch operators.
 
 
-def admission(keys: np.ndarray, priority: np.ndarray,
-              age: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def admission(
+    keys: np.ndarray, priority: np.ndarray, age: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide, for n memories at once, whether each key enters and in which slot.
 
     Args:
@@ -124,8 +125,14 @@ def admission(keys: np.ndarray, priority: np.ndarray,
     return admit, slot, filled
 
 
-def update_bookkeeping_(keys: np.ndarray, priority: np.ndarray, age: np.ndarray,
-                        admit: np.ndarray, slot: np.ndarray, decay: float) -> np.ndarray:
+def update_bookkeeping_(
+    keys: np.ndarray,
+    priority: np.ndarray,
+    age: np.ndarray,
+    admit: np.ndarray,
+    slot: np.ndarray,
+    decay: float,
+) -> np.ndarray:
     """Admit, decay and age in place; returns the ages of the entries that admissions evicted.
 
     The admitted key takes its slot with age 0, then every priority is multiplied by ``decay``
@@ -141,8 +148,14 @@ def update_bookkeeping_(keys: np.ndarray, priority: np.ndarray, age: np.ndarray,
     return np.where(admit, old_age, -1)
 
 
-def add_statistics_(stats: np.ndarray, keys: np.ndarray, admit: np.ndarray, filled: np.ndarray,
-                    capacity: int, evicted_age: np.ndarray) -> None:
+def add_statistics_(
+    stats: np.ndarray,
+    keys: np.ndarray,
+    admit: np.ndarray,
+    filled: np.ndarray,
+    capacity: int,
+    evicted_age: np.ndarray,
+) -> None:
     """Add one step to the ``(n, len(STAT_FIELDS))`` counts, in place."""
     finite = np.isfinite(keys)
     evicted = evicted_age >= 0

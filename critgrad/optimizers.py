@@ -23,18 +23,34 @@ class _MemoryOptimizer(CriticalGradients):
     base_class: type[torch.optim.Optimizer]
     default_aggr = "mean"
 
-    def __init__(self, params: Any, lr: float | torch.Tensor | None = None, *, topC: int = 10,
-                 decay: float = 0.7, kappa: float = 1.0, aggr: str | None = None,
-                 synced: bool | None = None, key: str | None = None,
-                 store_dtype: torch.dtype | None = None, compile: bool = False,
-                 **base_kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor | None = None,
+        *,
+        topC: int = 10,
+        decay: float = 0.7,
+        kappa: float = 1.0,
+        aggr: str | None = None,
+        synced: bool | None = None,
+        key: str | None = None,
+        store_dtype: torch.dtype | None = None,
+        compile: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
         if lr is None:
             lr = inspect.signature(self.base_class).parameters["lr"].default
         base = self.base_class(params, lr=lr, **base_kwargs)
-        super().__init__(base, topC=topC, decay=decay, kappa=kappa,
-                         aggr=self.default_aggr if aggr is None else aggr,
-                         key=key_from_synced(synced, key), store_dtype=store_dtype,
-                         compile=compile)
+        super().__init__(
+            base,
+            topC=topC,
+            decay=decay,
+            kappa=kappa,
+            aggr=self.default_aggr if aggr is None else aggr,
+            key=key_from_synced(synced, key),
+            store_dtype=store_dtype,
+            compile=compile,
+        )
 
 
 _SHARED_DOC = """
@@ -54,26 +70,43 @@ _SHARED_DOC = """
 
 def _named(name: str, base_class: type[torch.optim.Optimizer], aggr: str, summary: str) -> type:
     lr = inspect.signature(base_class).parameters["lr"].default
-    doc = summary + "\n" + _SHARED_DOC.format(base=base_class.__name__, aggr=aggr, name=name,
-                                              lr=lr)
-    cls = type(name, (_MemoryOptimizer,), {"base_class": base_class, "default_aggr": aggr,
-                                           "__doc__": doc, "__module__": __name__})
+    doc = summary + "\n" + _SHARED_DOC.format(base=base_class.__name__, aggr=aggr, name=name, lr=lr)
+    cls = type(
+        name,
+        (_MemoryOptimizer,),
+        {"base_class": base_class, "default_aggr": aggr, "__doc__": doc, "__module__": __name__},
+    )
     return cls
 
 
-SGD = _named("SGD", torch.optim.SGD, "sum",
-             "SGD (with momentum, dampening, Nesterov, weight decay) with a critical-gradient "
-             "memory. The aggregate replaces the gradient before weight decay and momentum.")
-RMSprop = _named("RMSprop", torch.optim.RMSprop, "mean",
-                 "RMSprop (centered, momentum) with a critical-gradient memory; the square "
-                 "average accumulates the aggregate.")
-Adam = _named("Adam", torch.optim.Adam, "mean",
-              "Adam (and AMSGrad) with a critical-gradient memory; both moments accumulate the "
-              "aggregate; L2 weight decay is added to the aggregate.")
-AdamW = _named("AdamW", torch.optim.AdamW, "mean",
-               "AdamW with a critical-gradient memory; decoupled weight decay as in torch.")
-Adagrad = _named("Adagrad", torch.optim.Adagrad, "mean",
-                 "Adagrad with a critical-gradient memory.")
+SGD = _named(
+    "SGD",
+    torch.optim.SGD,
+    "sum",
+    "SGD (with momentum, dampening, Nesterov, weight decay) with a critical-gradient "
+    "memory. The aggregate replaces the gradient before weight decay and momentum.",
+)
+RMSprop = _named(
+    "RMSprop",
+    torch.optim.RMSprop,
+    "mean",
+    "RMSprop (centered, momentum) with a critical-gradient memory; the square "
+    "average accumulates the aggregate.",
+)
+Adam = _named(
+    "Adam",
+    torch.optim.Adam,
+    "mean",
+    "Adam (and AMSGrad) with a critical-gradient memory; both moments accumulate the "
+    "aggregate; L2 weight decay is added to the aggregate.",
+)
+AdamW = _named(
+    "AdamW",
+    torch.optim.AdamW,
+    "mean",
+    "AdamW with a critical-gradient memory; decoupled weight decay as in torch.",
+)
+Adagrad = _named("Adagrad", torch.optim.Adagrad, "mean", "Adagrad with a critical-gradient memory.")
 Adamax = _named("Adamax", torch.optim.Adamax, "mean", "Adamax with a critical-gradient memory.")
 NAdam = _named("NAdam", torch.optim.NAdam, "mean", "NAdam with a critical-gradient memory.")
 RAdam = _named("RAdam", torch.optim.RAdam, "mean", "RAdam with a critical-gradient memory.")

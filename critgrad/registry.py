@@ -54,8 +54,9 @@ def _is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float,
-                              skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+def param_groups_weight_decay(
+    model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """Two groups: parameters with weight decay, and biases/normalisation weights without it."""
     skip = set(skip)
     decay, no_decay = [], []
@@ -63,14 +64,22 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float,
         if not param.requires_grad:
             continue
         (no_decay if name in skip or _is_no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
-def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, lr: float | None = None,
-                     weight_decay: float = 0.0, *, decay_norm_and_bias: bool = False,
-                     **kwargs: Any) -> torch.optim.Optimizer:
+def create_optimizer(
+    model_or_params: nn.Module | Iterable[Any],
+    name: str,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    *,
+    decay_norm_and_bias: bool = False,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
     """Build an optimizer by name.
 
     Args:

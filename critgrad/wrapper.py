@@ -23,8 +23,13 @@ from . import memory as M
 MEMORY_OPTIONS = ("topC", "decay", "kappa", "aggr", "key", "store_dtype")
 """Per-group hyperparameters of the memory; they live in ``param_groups`` beside ``lr``."""
 
-MEMORY_STATE_KEYS = ("critical_store", "critical_sum", "critical_priority", "critical_age",
-                     "critical_stats")
+MEMORY_STATE_KEYS = (
+    "critical_store",
+    "critical_sum",
+    "critical_priority",
+    "critical_age",
+    "critical_stats",
+)
 """Per-parameter memory state; saved under these keys inside the usual per-parameter entries."""
 
 # The running sum of the store is updated as ``sum += new - evicted``, which accumulates rounding
@@ -44,18 +49,25 @@ def check_memory_options(options: Mapping[str, Any]) -> None:
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
         raise ValueError(f"Invalid decay: {decay!r} (must be a number in [0, 1])")
     kappa = options["kappa"]
-    if (isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa)
-            or kappa < 0):
+    if (
+        isinstance(kappa, bool)
+        or not isinstance(kappa, (int, float))
+        or not math.isfinite(kappa)
+        or kappa < 0
+    ):
         raise ValueError(f"Invalid kappa: {kappa!r} (must be a finite number >= 0)")
     if options["aggr"] not in M.AGGREGATIONS:
         raise ValueError(f"Invalid aggr: {options['aggr']!r} (must be one of {M.AGGREGATIONS})")
     if options["key"] not in M.KEY_MODES:
         raise ValueError(f"Invalid key: {options['key']!r} (must be one of {M.KEY_MODES})")
     store_dtype = options["store_dtype"]
-    if store_dtype is not None and (not isinstance(store_dtype, torch.dtype)
-                                    or not store_dtype.is_floating_point):
-        raise ValueError(f"Invalid store_dtype: {store_dtype!r} (must be None or a floating "
-                         "point torch.dtype such as torch.bfloat16)")
+    if store_dtype is not None and (
+        not isinstance(store_dtype, torch.dtype) or not store_dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"Invalid store_dtype: {store_dtype!r} (must be None or a floating "
+            "point torch.dtype such as torch.bfloat16)"
+        )
 
 
 def key_from_synced(synced: bool | None, key: str | None) -> str:
@@ -66,8 +78,10 @@ def key_from_synced(synced: bool | None, key: str | None) -> str:
     if key is None:
         return implied or "sum_of_norms"
     if implied is not None and implied != key:
-        raise ValueError(f"synced={synced} means key={implied!r}, but key={key!r} was given; "
-                         "pass only one of them")
+        raise ValueError(
+            f"synced={synced} means key={implied!r}, but key={key!r} was given; "
+            "pass only one of them"
+        )
     return key
 
 
@@ -76,12 +90,18 @@ def memory_dtypes(param: Tensor, group: Mapping[str, Any]) -> dict[str, torch.dt
     store_dtype = group["store_dtype"] or param.dtype
     if store_dtype in _LOW_PRECISION or param.dtype in _LOW_PRECISION:
         # A low-precision store keeps an exact float32 sum of what it holds.
-        sum_dtype = torch.promote_types(torch.promote_types(param.dtype, store_dtype), torch.float32)
+        sum_dtype = torch.promote_types(
+            torch.promote_types(param.dtype, store_dtype), torch.float32
+        )
     else:
         sum_dtype = torch.promote_types(param.dtype, store_dtype)
-    return {"critical_store": store_dtype, "critical_sum": sum_dtype,
-            "critical_priority": torch.float64, "critical_age": torch.int64,
-            "critical_stats": torch.int64}
+    return {
+        "critical_store": store_dtype,
+        "critical_sum": sum_dtype,
+        "critical_priority": torch.float64,
+        "critical_age": torch.int64,
+        "critical_stats": torch.int64,
+    }
 
 
 class CriticalGradients(Optimizer):
@@ -142,15 +162,30 @@ class CriticalGradients(Optimizer):
         2
     """
 
-    def __init__(self, optimizer: Optimizer, *, topC: int = 10, decay: float = 0.7,
-                 kappa: float = 1.0, aggr: str = "mean", key: str = "sum_of_norms",
-                 store_dtype: torch.dtype | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        topC: int = 10,
+        decay: float = 0.7,
+        kappa: float = 1.0,
+        aggr: str = "mean",
+        key: str = "sum_of_norms",
+        store_dtype: torch.dtype | None = None,
+        compile: bool = False,
+    ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
         if isinstance(optimizer, CriticalGradients):
             raise TypeError("optimizer already has a critical-gradient memory")
-        memory_defaults = {"topC": topC, "decay": decay, "kappa": kappa, "aggr": aggr,
-                           "key": key, "store_dtype": store_dtype}
+        memory_defaults = {
+            "topC": topC,
+            "decay": decay,
+            "kappa": kappa,
+            "aggr": aggr,
+            "key": key,
+            "store_dtype": store_dtype,
+        }
         check_memory_options(memory_defaults)
         if not isinstance(compile, bool):
             raise ValueError(f"Invalid compile: {compile!r} (must be True or False)")
@@ -173,8 +208,9 @@ class CriticalGradients(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group)}")
-        options = {name: param_group.get(name, default)
-                   for name, default in self._memory_defaults.items()}
+        options = {
+            name: param_group.get(name, default) for name, default in self._memory_defaults.items()
+        }
         check_memory_options(options)
         if self._wrapping:
             self.param_groups.append(param_group)
@@ -254,8 +290,10 @@ class CriticalGradients(Optimizer):
         """
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, this "
-                             f"optimizer has {len(self.param_groups)}")
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, this "
+                f"optimizer has {len(self.param_groups)}"
+            )
         params = [p for group in self.param_groups for p in group["params"]]
         base_state: dict[Any, Any] = {}
         memory_state: dict[int, dict[str, Tensor]] = {}
@@ -270,23 +308,29 @@ class CriticalGradients(Optimizer):
         index = 0
         for group, saved in zip(self.param_groups, saved_groups):
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError("loaded state dict contains a parameter group that doesn't "
-                                 "match the size of the optimizer's group")
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't "
+                    "match the size of the optimizer's group"
+                )
             saved_topC = saved.get("topC", group["topC"])
             for _ in group["params"]:
                 if index in memory_state and saved_topC != group["topC"]:
-                    raise ValueError(f"the state was saved with topC={saved_topC}, this optimizer "
-                                     f"has topC={group['topC']}; construct it with "
-                                     f"topC={saved_topC} to resume")
+                    raise ValueError(
+                        f"the state was saved with topC={saved_topC}, this optimizer "
+                        f"has topC={group['topC']}; construct it with "
+                        f"topC={saved_topC} to resume"
+                    )
                 group_of[index] = saved
                 index += 1
         for index, mem in memory_state.items():
             p = params[index]
             store = mem["critical_store"]
             if tuple(store.shape[1:]) != tuple(p.shape):
-                raise ValueError(f"the saved memory of parameter {index} holds gradients of shape "
-                                 f"{tuple(store.shape[1:])}, the parameter has shape "
-                                 f"{tuple(p.shape)}: the state was saved for other parameters")
+                raise ValueError(
+                    f"the saved memory of parameter {index} holds gradients of shape "
+                    f"{tuple(store.shape[1:])}, the parameter has shape "
+                    f"{tuple(p.shape)}: the state was saved for other parameters"
+                )
         old_groups = self.param_groups
         self.base.load_state_dict({**state_dict, "state": base_state})
         self.param_groups = self.base.param_groups
@@ -307,8 +351,10 @@ class CriticalGradients(Optimizer):
                     continue
                 table = self._table_of(group_index, group)
                 dtypes = memory_dtypes(p, group)
-                loaded = {k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
-                          for k in ("critical_store", "critical_sum")}
+                loaded = {
+                    k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
+                    for k in ("critical_store", "critical_sum")
+                }
                 views = table.row(row)
                 for k, view in views.items():
                     view.copy_(mem[k].to(dtype=view.dtype))
@@ -338,10 +384,17 @@ class CriticalGradients(Optimizer):
         results = []
         for index, group in enumerate(self.param_groups):
             table = self._tables.get(index)
-            row: dict[str, Any] = {name: 0 for name in M.STAT_FIELDS}
-            row.update(filled=0, capacity=group["topC"] * len(group["params"]), mean_age=None,
-                       max_age=None, mean_eviction_age=None, min_priority=None,
-                       mean_priority=None, last_key=None)
+            row: dict[str, Any] = dict.fromkeys(M.STAT_FIELDS, 0)
+            row.update(
+                filled=0,
+                capacity=group["topC"] * len(group["params"]),
+                mean_age=None,
+                max_age=None,
+                mean_eviction_age=None,
+                min_priority=None,
+                mean_priority=None,
+                last_key=None,
+            )
             if table is not None:
                 for name, value in zip(M.STAT_FIELDS, table.stats.sum(0).tolist()):
                     row[name] = value
@@ -383,20 +436,26 @@ class CriticalGradients(Optimizer):
                 f"parameter group {index} changed after its memory was created (it had "
                 f"{table.priority.shape[0]} tensors and topC={table.priority.shape[1]}, now "
                 f"{n} and topC={topC}); topC can only be set before the group's first step and "
-                "parameters are added with add_param_group")
+                "parameters are added with add_param_group"
+            )
         return table
 
-    def _memory_of(self, param: Tensor, group: Mapping[str, Any], table: _Table,
-                   row: int) -> dict[str, Tensor]:
+    def _memory_of(
+        self, param: Tensor, group: Mapping[str, Any], table: _Table, row: int
+    ) -> dict[str, Tensor]:
         """The memory state of ``param``, created empty on its device the first time."""
         mem = self.memory.get(param)
         if mem is None:
             dtypes = memory_dtypes(param, group)
             mem = {
-                "critical_store": torch.zeros((group["topC"], *param.shape),
-                                              dtype=dtypes["critical_store"], device=param.device),
-                "critical_sum": torch.zeros_like(param, dtype=dtypes["critical_sum"],
-                                                 memory_format=torch.preserve_format),
+                "critical_store": torch.zeros(
+                    (group["topC"], *param.shape),
+                    dtype=dtypes["critical_store"],
+                    device=param.device,
+                ),
+                "critical_sum": torch.zeros_like(
+                    param, dtype=dtypes["critical_sum"], memory_format=torch.preserve_format
+                ),
                 **table.row(row),
             }
             self.memory[param] = mem
@@ -413,8 +472,10 @@ class CriticalGradients(Optimizer):
         params = [group["params"][i] for i in rows]
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
-            raise RuntimeError("critgrad does not support sparse gradients; give the sparse "
-                               "parameters their own group with kappa=0")
+            raise RuntimeError(
+                "critgrad does not support sparse gradients; give the sparse "
+                "parameters their own group with kappa=0"
+            )
         table = self._table_of(index, group)
         mems = [self._memory_of(p, group, table, i) for p, i in zip(params, rows)]
         if all(g.dtype in (torch.float32, torch.float64) for g in grads):
@@ -431,14 +492,32 @@ class CriticalGradients(Optimizer):
             priority, age, stats = table.priority, table.age, table.stats
         else:
             row_index = np.asarray(rows)
-            priority, age, stats = (table.priority[row_index], table.age[row_index],
-                                    table.stats[row_index])
+            priority, age, stats = (
+                table.priority[row_index],
+                table.age[row_index],
+                table.stats[row_index],
+            )
         self._last_keys[index] = keys
         admit, slot, filled = M.admission(keys, priority, age)
         evicted_column = M.STAT_FIELDS.index("evicted")
-        offer = _Offer(index, group, params, grads, mems, keys, priority, age, stats, admit, slot,
-                       filled, admit.tolist(), slot.tolist(), filled.tolist(),
-                       stats[:, evicted_column].tolist())
+        offer = _Offer(
+            index,
+            group,
+            params,
+            grads,
+            mems,
+            keys,
+            priority,
+            age,
+            stats,
+            admit,
+            slot,
+            filled,
+            admit.tolist(),
+            slot.tolist(),
+            filled.tolist(),
+            stats[:, evicted_column].tolist(),
+        )
         offer.table, offer.row_index = table, row_index
         offer.compiled = self.compile and len({g.device for g in grads}) == 1
         return offer
@@ -472,8 +551,12 @@ class CriticalGradients(Optimizer):
         Only with ``compile=True``, for SGD, Adam and AdamW, and when every group takes part (a
         group left to the base's own step would otherwise be stepped twice).
         """
-        if not (self.compile and offers and len(offers) == len(self.param_groups)
-                and all(offer.compiled for offer in offers)):
+        if not (
+            self.compile
+            and offers
+            and len(offers) == len(self.param_groups)
+            and all(offer.compiled for offer in offers)
+        ):
             return False
         kind = _fused.kind_of(self.base, offers)
         if kind is None:
@@ -494,8 +577,9 @@ class CriticalGradients(Optimizer):
         coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
         slots = [m["critical_store"][slot] for m, slot in zip(offer.mems, offer.slot_host)]
         sums = [m["critical_sum"] for m in offer.mems]
-        offer.directions = _kernels.run_compiled(_kernels.memory_pass, offer.grads, sums, slots,
-                                                 coefficients)
+        offer.directions = _kernels.run_compiled(
+            _kernels.memory_pass, offer.grads, sums, slots, coefficients
+        )
 
     def _store(self, offer: _Offer) -> None:
         """Write the admitted gradients into their slots and the running sums (eager path)."""
@@ -520,13 +604,21 @@ class CriticalGradients(Optimizer):
         topC = offer.group["topC"]
         resync_every = _RESYNC_PER_SLOT * topC
         for i, admitted in enumerate(offer.admit_host):
-            if (admitted and offer.filled_host[i] == topC
-                    and (offer.evicted_host[i] + 1) % resync_every == 0):
+            if (
+                admitted
+                and offer.filled_host[i] == topC
+                and (offer.evicted_host[i] + 1) % resync_every == 0
+            ):
                 mem = offer.mems[i]
-                torch.sum(mem["critical_store"], dim=0, dtype=mem["critical_sum"].dtype,
-                          out=mem["critical_sum"])
-        evicted_age = M.update_bookkeeping_(offer.keys, offer.priority, offer.age, offer.admit,
-                                            offer.slot, offer.group["decay"])
+                torch.sum(
+                    mem["critical_store"],
+                    dim=0,
+                    dtype=mem["critical_sum"].dtype,
+                    out=mem["critical_sum"],
+                )
+        evicted_age = M.update_bookkeeping_(
+            offer.keys, offer.priority, offer.age, offer.admit, offer.slot, offer.group["decay"]
+        )
         M.add_statistics_(offer.stats, offer.keys, offer.admit, offer.filled, topC, evicted_age)
         if offer.row_index is not None:  # worked on copies of some rows: write them back
             table = offer.table
@@ -573,9 +665,32 @@ class _Table:
 class _Offer:
     """What one group's step decided, carried from before the base step to after it."""
 
-    def __init__(self, index, group, params, grads, mems, keys, priority, age, stats, admit, slot,
-                 filled, admit_host, slot_host, filled_host, evicted_host):
-        self.index, self.group, self.params, self.grads, self.mems = index, group, params, grads, mems
+    def __init__(
+        self,
+        index,
+        group,
+        params,
+        grads,
+        mems,
+        keys,
+        priority,
+        age,
+        stats,
+        admit,
+        slot,
+        filled,
+        admit_host,
+        slot_host,
+        filled_host,
+        evicted_host,
+    ):
+        self.index, self.group, self.params, self.grads, self.mems = (
+            index,
+            group,
+            params,
+            grads,
+            mems,
+        )
         self.keys, self.priority, self.age, self.stats = keys, priority, age, stats
         self.admit, self.slot, self.filled = admit, slot, filled
         self.admit_host, self.slot_host = admit_host, slot_host

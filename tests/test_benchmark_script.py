@@ -30,9 +30,28 @@ def test_quick_run_writes_expected_json(tmp_path):
     script = load_script()
     out = tmp_path / "nested" / "speed.json"
     threads = torch.get_num_threads()
-    returned = script.main(["--quick", "--quiet", "--threads", "1", "--params", "3000",
-                            "--repeats", "2", "--steps", "1", "--train-steps", "1",
-                            "--topc", "2", "--profile-steps", "1", "--out", str(out)])
+    returned = script.main(
+        [
+            "--quick",
+            "--quiet",
+            "--threads",
+            "1",
+            "--params",
+            "3000",
+            "--repeats",
+            "2",
+            "--steps",
+            "1",
+            "--train-steps",
+            "1",
+            "--topc",
+            "2",
+            "--profile-steps",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert torch.get_num_threads() == threads  # restored
     data = json.loads(out.read_text())
     assert data["format"] == returned["format"]
@@ -50,8 +69,14 @@ def test_quick_run_writes_expected_json(tmp_path):
     assert ("rmsprop", "fused") not in seen
     for row in step["rows"]:
         assert row["topC"] == 2
-        for key in ("torch_ms", "critgrad_ms", "torch_min_ms", "critgrad_min_ms", "ratio",
-                    "ratio_vs_fastest"):
+        for key in (
+            "torch_ms",
+            "critgrad_ms",
+            "torch_min_ms",
+            "critgrad_min_ms",
+            "ratio",
+            "ratio_vs_fastest",
+        ):
             assert positive(row[key]), (key, row)
         assert row["torch_iqr_ms"] >= 0 and row["critgrad_iqr_ms"] >= 0
         assert len(row["critgrad_repeats_ms"]) == 2

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-import critgrad
-
 from optim_cases import gradient_sequence, make_params, set_grads
 from test_reference_equivalence import assert_same_run, build_pair
+
+import critgrad
 
 CASES = [
     (torch.optim.SGD, dict(lr=0.05, momentum=0.9), dict(aggr="sum", key="sum_of_norms")),
@@ -17,8 +16,10 @@ CASES = [
 
 @pytest.mark.parametrize("cls, kwargs, options", CASES, ids=["sgd", "adam", "adamw"])
 def test_compiled_against_reference(cls, kwargs, options):
-    groups = [dict(options, topC=3, decay=0.7, kappa=1.0),
-              dict(options, topC=2, decay=0.9, kappa=0.5)]
+    groups = [
+        dict(options, topC=3, decay=0.7, kappa=1.0),
+        dict(options, topC=2, decay=0.9, kappa=0.5),
+    ]
     params_fast, fast, params_slow, slow = build_pair(cls, kwargs, groups)
     fast.compile = True
     assert_same_run(params_fast, fast, params_slow, slow, atol=1e-11, rtol=1e-9)
@@ -37,8 +38,9 @@ def test_compiled_equals_eager_in_float32_with_bfloat16_store():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     for a, b in zip(params_a, params_b):
         assert torch.equal(eager.memory[a]["critical_store"], compiled.memory[b]["critical_store"])
-        torch.testing.assert_close(eager.memory[a]["critical_sum"],
-                                   compiled.memory[b]["critical_sum"])
+        torch.testing.assert_close(
+            eager.memory[a]["critical_sum"], compiled.memory[b]["critical_sum"]
+        )
 
 
 def test_changing_slots_and_coefficients_do_not_recompile():
@@ -64,6 +66,7 @@ def test_falls_back_to_eager_when_compiling_fails(monkeypatch):
     def broken_compile(function, **kwargs):
         def fail(*args):
             raise torch._dynamo.exc.BackendCompilerFailed(lambda: None, RuntimeError("no cc"), None)
+
         return fail
 
     monkeypatch.setattr(_kernels, "_compiled", {})

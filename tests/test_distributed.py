@@ -43,11 +43,13 @@ def worker(rank, port, out):
         half = x.shape[1] // WORLD
         for t in range(STEPS):
             opt.zero_grad()
-            xb, yb = x[t, rank * half:(rank + 1) * half], y[t, rank * half:(rank + 1) * half]
+            xb, yb = x[t, rank * half : (rank + 1) * half], y[t, rank * half : (rank + 1) * half]
             nn.functional.mse_loss(ddp(xb), yb).backward()
             opt.step()
-        torch.save({"params": [p.detach() for p in model.parameters()],
-                    "stats": opt.memory_stats()}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save(
+            {"params": [p.detach() for p in model.parameters()], "stats": opt.memory_stats()},
+            os.path.join(out, f"rank{rank}.pt"),
+        )
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -4,10 +4,9 @@ import io
 
 import pytest
 import torch
+from optim_cases import gradient_sequence, make_params, set_grads
 
 import critgrad
-
-from optim_cases import gradient_sequence, make_params, set_grads
 
 CASES = [
     ("adam", dict(lr=0.01)),
@@ -26,15 +25,18 @@ def groups(params, options):
     return [{"params": params[:2], **options}, {"params": params[2:], "lr": 0.003}]
 
 
-@pytest.mark.parametrize("name, kwargs", CASES, ids=[f"{n}-{i}" for i, (n, _) in
-                                                     enumerate(CASES)])
+@pytest.mark.parametrize("name, kwargs", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("aggr", ["sum", "mean"])
 def test_fused_equals_generic(name, kwargs, aggr):
     cls = critgrad.optimizer_class(name + "_c")
     params_a, params_b = make_params(torch.float64), make_params(torch.float64)
     memory = dict(topC=3, decay=0.8, aggr=aggr)
-    generic = cls(groups(params_a, dict(key="per_tensor")), **memory,
-                  **{**kwargs, "fused": None}, foreach=False)
+    generic = cls(
+        groups(params_a, dict(key="per_tensor")),
+        **memory,
+        **{**kwargs, "fused": None},
+        foreach=False,
+    )
     fused = cls(groups(params_b, dict(key="per_tensor")), **memory, **kwargs, compile=True)
     for grads in gradient_sequence(params_a, 15):
         set_grads(params_a, grads)
@@ -48,8 +50,9 @@ def test_fused_equals_generic(name, kwargs, aggr):
         assert generic.state[a].keys() == fused.state[b].keys()
         for key, value in generic.state[a].items():
             torch.testing.assert_close(value, fused.state[b][key])
-        torch.testing.assert_close(generic.memory[a]["critical_sum"],
-                                   fused.memory[b]["critical_sum"])
+        torch.testing.assert_close(
+            generic.memory[a]["critical_sum"], fused.memory[b]["critical_sum"]
+        )
     assert generic.memory_stats() == fused.memory_stats()
 
 

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from optim_cases import BASE_IDS, BASES, gradient_sequence, make_params, set_grads
 
 import critgrad
-
-from optim_cases import BASE_IDS, BASES, gradient_sequence, make_params, set_grads
 
 
 @pytest.mark.parametrize("name, cls, kwargs", BASES, ids=BASE_IDS)
@@ -13,8 +12,11 @@ from optim_cases import BASE_IDS, BASES, gradient_sequence, make_params, set_gra
 def test_kappa_zero_is_the_base_optimizer(name, cls, kwargs, dtype):
     params_a = make_params(dtype)
     params_b = make_params(dtype)
+
     # Two groups with different learning rates, to exercise per-group handling.
-    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": kwargs["lr"] / 2}]
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:], "lr": kwargs["lr"] / 2}]
+
     plain = cls(groups(params_a), **kwargs)
     wrapped = critgrad.CriticalGradients(cls(groups(params_b), **kwargs), kappa=0.0, topC=3)
     for grads in gradient_sequence(params_a, 25):
@@ -28,10 +30,15 @@ def test_kappa_zero_is_the_base_optimizer(name, cls, kwargs, dtype):
     assert [s["offered"] for s in wrapped.memory_stats()] == [0, 0]
 
 
-@pytest.mark.parametrize("named, cls", [(critgrad.SGD_C, torch.optim.SGD),
-                                        (critgrad.RMSprop_C, torch.optim.RMSprop),
-                                        (critgrad.Adam_C, torch.optim.Adam),
-                                        (critgrad.AdamW_C, torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "named, cls",
+    [
+        (critgrad.SGD_C, torch.optim.SGD),
+        (critgrad.RMSprop_C, torch.optim.RMSprop),
+        (critgrad.Adam_C, torch.optim.Adam),
+        (critgrad.AdamW_C, torch.optim.AdamW),
+    ],
+)
 def test_named_optimizers_with_kappa_zero(named, cls):
     params_a, params_b = make_params(torch.float32), make_params(torch.float32)
     plain = cls(params_a, lr=0.01, weight_decay=0.01)

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from optim_cases import BASE_IDS, BASES, MEMORY_OPTIONS, gradient_sequence, make_params, set_grads
 
 import critgrad
 from critgrad.reference import ReferenceCriticalGradients
-
-from optim_cases import BASE_IDS, BASES, MEMORY_OPTIONS, gradient_sequence, make_params, set_grads
 
 STEPS = 20
 
@@ -38,8 +37,12 @@ def assert_same_run(params_fast, fast, params_slow, slow, steps=STEPS, atol=1e-1
     for p_fast, p_slow in zip(params_fast, params_slow):
         mem = fast.memory[p_fast]
         held = mem["critical_age"] >= 0
-        fast_entries = sorted(zip(mem["critical_priority"][held].tolist(),
-                                  [s.flatten().tolist() for s in mem["critical_store"][held]]))
+        fast_entries = sorted(
+            zip(
+                mem["critical_priority"][held].tolist(),
+                [s.flatten().tolist() for s in mem["critical_store"][held]],
+            )
+        )
         slow_entries = sorted((pr, g.flatten().tolist()) for pr, g in slow.entries[p_slow])
         assert len(fast_entries) == len(slow_entries)
         for (pa, ga), (pb, gb) in zip(fast_entries, slow_entries):
@@ -47,8 +50,9 @@ def assert_same_run(params_fast, fast, params_slow, slow, steps=STEPS, atol=1e-1
             assert ga == pytest.approx(gb, rel=1e-12)
 
 
-@pytest.mark.parametrize("options", MEMORY_OPTIONS,
-                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "options", MEMORY_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
 def test_options_against_reference(options):
     # The second group has different options, to show that groups are independent.
     other = dict(aggr="mean", key="per_tensor", topC=2, decay=0.5, kappa=1.0)
@@ -66,8 +70,12 @@ def test_bases_against_reference(name, cls, kwargs):
 def test_bfloat16_store_against_reference():
     options = dict(aggr="mean", key="sum_of_norms", topC=3, decay=0.8, kappa=1.0)
     params_fast, fast, params_slow, slow = build_pair(
-        torch.optim.Adam, dict(lr=0.01), [options, options], dtype=torch.float32,
-        store_dtype=torch.bfloat16)
+        torch.optim.Adam,
+        dict(lr=0.01),
+        [options, options],
+        dtype=torch.float32,
+        store_dtype=torch.bfloat16,
+    )
     # The sum of a bfloat16 store is exact in float32 up to float32 rounding of the sum itself.
     for grads in gradient_sequence(params_fast, STEPS):
         set_grads(params_fast, grads)

@@ -5,10 +5,9 @@ import io
 
 import pytest
 import torch
+from optim_cases import gradient_sequence, make_params, set_grads
 
 import critgrad
-
-from optim_cases import gradient_sequence, make_params, set_grads
 
 NAMED = [
     ("sgd_c", dict(lr=0.05, momentum=0.9)),
@@ -47,8 +46,9 @@ def test_resume_equals_never_stopping(name, kwargs, dtype):
     for g in grads[:10]:
         set_grads(params_b, g)
         opt_b.step()
-    saved = roundtrip({"model": [p.detach().clone() for p in params_b],
-                       "optimizer": opt_b.state_dict()})
+    saved = roundtrip(
+        {"model": [p.detach().clone() for p in params_b], "optimizer": opt_b.state_dict()}
+    )
     params_c = make_params(dtype)
     with torch.no_grad():
         for p, v in zip(params_c, saved["model"]):
@@ -92,8 +92,11 @@ def test_refuses_other_parameters():
     opt = critgrad.Adam(params, topC=4)
     set_grads(params, gradient_sequence(params, 1)[0])
     opt.step()
-    shapes = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(4)),
-              torch.nn.Parameter(torch.zeros(2, 2, 3))]
+    shapes = [
+        torch.nn.Parameter(torch.zeros(3, 4)),
+        torch.nn.Parameter(torch.zeros(4)),
+        torch.nn.Parameter(torch.zeros(2, 2, 3)),
+    ]
     with pytest.raises(ValueError, match="other parameters"):
         critgrad.Adam(shapes, topC=4).load_state_dict(roundtrip(opt.state_dict()))
     with pytest.raises(ValueError):

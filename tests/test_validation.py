@@ -27,10 +27,12 @@ def params():
     return [torch.nn.Parameter(torch.zeros(3))]
 
 
-@pytest.mark.parametrize("cls", [critgrad.SGD_C, critgrad.RMSprop_C, critgrad.Adam_C,
-                                 critgrad.AdamW_C, critgrad.NAdam])
-@pytest.mark.parametrize("kwargs, name", INVALID, ids=[f"{n}={list(k.values())[0]}"
-                                                       for k, n in INVALID])
+@pytest.mark.parametrize(
+    "cls", [critgrad.SGD_C, critgrad.RMSprop_C, critgrad.Adam_C, critgrad.AdamW_C, critgrad.NAdam]
+)
+@pytest.mark.parametrize(
+    "kwargs, name", INVALID, ids=[f"{n}={next(iter(k.values()))}" for k, n in INVALID]
+)
 def test_invalid_memory_argument(cls, kwargs, name):
     with pytest.raises(ValueError, match=rf"Invalid {name}|{name}"):
         cls(params(), **kwargs)

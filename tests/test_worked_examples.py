@@ -20,7 +20,9 @@ def run(opt_factory, p0, grads):
 def test_sgd_sum_example():
     p, opt, trajectory = run(
         lambda ps: critgrad.SGD_C(ps, lr=0.1, topC=3, decay=0.5, kappa=1.0, aggr="sum"),
-        [1.0, 2.0], [(1.0, 0.0), (0.0, 3.0)])
+        [1.0, 2.0],
+        [(1.0, 0.0), (0.0, 3.0)],
+    )
     torch.testing.assert_close(trajectory[0], torch.tensor([0.9, 2.0], dtype=torch.float64))
     torch.testing.assert_close(trajectory[1], torch.tensor([0.8, 1.7], dtype=torch.float64))
     mem = opt.memory[p]
@@ -31,14 +33,18 @@ def test_sgd_sum_example():
 
 
 def test_adam_mean_example():
-    p, _, _ = run(lambda ps: critgrad.Adam_C(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, topC=5),
-                  [0.0, 0.0], [(1.0, 0.0), (0.0, 2.0)])
+    p, _, _ = run(
+        lambda ps: critgrad.Adam_C(ps, lr=0.1, betas=(0.9, 0.999), eps=1e-8, topC=5),
+        [0.0, 0.0],
+        [(1.0, 0.0), (0.0, 2.0)],
+    )
     expected = torch.tensor([-0.19321796, -0.07441368], dtype=torch.float64)
     torch.testing.assert_close(p.detach(), expected, atol=5e-9, rtol=0)
 
 
-@pytest.mark.parametrize("key, expected", [("sum_of_norms", 15.0), ("global_norm", 125 ** 0.5),
-                                           ("per_tensor", None)])
+@pytest.mark.parametrize(
+    "key, expected", [("sum_of_norms", 15.0), ("global_norm", 125**0.5), ("per_tensor", None)]
+)
 def test_key_modes(key, expected):
     a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
@@ -61,12 +67,15 @@ def test_synced_flag_maps_to_key():
         critgrad.SGD_C(p, synced=True, key="per_tensor")
 
 
-@pytest.mark.parametrize("aggr, expected", [
-    # Memory holds (1, 0) [from step 1]; step 2's gradient is (0, 3); kappa 2.
-    ("sum", [1.0 * 2, 3.0]),         # g + kappa * mean(B)
-    ("mid", [1.0, 1.5]),              # (g + kappa * mean(B)) / 2
-    ("mean", [1.0, 1.5]),             # (g + kappa * sum(B)) / (n + 1)
-])
+@pytest.mark.parametrize(
+    "aggr, expected",
+    [
+        # Memory holds (1, 0) [from step 1]; step 2's gradient is (0, 3); kappa 2.
+        ("sum", [1.0 * 2, 3.0]),  # g + kappa * mean(B)
+        ("mid", [1.0, 1.5]),  # (g + kappa * mean(B)) / 2
+        ("mean", [1.0, 1.5]),  # (g + kappa * sum(B)) / (n + 1)
+    ],
+)
 def test_aggregations_with_kappa(aggr, expected):
     p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     opt = critgrad.SGD([p], lr=1.0, topC=4, decay=0.9, kappa=2.0, aggr=aggr)
@@ -88,4 +97,9 @@ def test_admission_replaces_smallest_only_when_strictly_greater():
     assert sorted(mem["critical_priority"].tolist()) == [3.0, 5.0]
     assert sorted(mem["critical_store"].flatten().tolist()) == [3.0, 5.0]
     stats = opt.memory_stats()[0]
-    assert (stats["offered"], stats["admitted"], stats["rejected"], stats["evicted"]) == (5, 3, 2, 1)
+    assert (stats["offered"], stats["admitted"], stats["rejected"], stats["evicted"]) == (
+        5,
+        3,
+        2,
+        1,
+    )

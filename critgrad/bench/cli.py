@@ -1,10 +1,10 @@
 """The ``critgrad`` command: parse, dispatch, and turn expected errors into one line and exit 2.
 
-    critgrad list [--data-dir DIR]
-    critgrad run PROBLEM [PROBLEM ...] --optimizers sgd,sgd_c --seeds 0,1,2 [--set lr=0.01]
-    critgrad sweep CONFIG.toml [--out DIR] [--executor inline|local|submitit] [--workers N]
-    critgrad report DIR [--out DIR] [--no-plots]
-    critgrad main [--out results/main] [--workers 2]
+critgrad list [--data-dir DIR]
+critgrad run PROBLEM [PROBLEM ...] --optimizers sgd,sgd_c --seeds 0,1,2 [--set lr=0.01]
+critgrad sweep CONFIG.toml [--out DIR] [--executor inline|local|submitit] [--workers N]
+critgrad report DIR [--out DIR] [--no-plots]
+critgrad main [--out results/main] [--workers 2]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _name_list(text: str) -> list[str]:
@@ -75,13 +76,15 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
             raise UsageError(f"--set expects key=value or optimizer.key=value, got {item!r}")
         label, dot, name = key.rpartition(".")
         if dot and label not in optimizers:
-            raise UsageError(f"--set {item!r}: {label!r} is not one of --optimizers "
-                             f"{','.join(optimizers)}")
+            raise UsageError(
+                f"--set {item!r}: {label!r} is not one of --optimizers {','.join(optimizers)}"
+            )
         settings.setdefault(label if dot else "all", {})[name] = parse_value(value)
     return settings
 
 
 # ---- commands -----------------------------------------------------------------------------------
+
 
 def command_list(args) -> int:
     from critgrad.bench import optimizer_labels
@@ -91,8 +94,7 @@ def command_list(args) -> int:
 
     problems = list_problems()
     width = max((len(p.name) for p in problems), default=8)
-    print("problems (data status for --data-dir "
-          f"{args.data_dir or '(none)'}; sizes):")
+    print(f"problems (data status for --data-dir {args.data_dir or '(none)'}; sizes):")
     missing = []
     for problem in problems:
         try:
@@ -119,8 +121,11 @@ def command_list(args) -> int:
 def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
     from critgrad.bench import report as reporting
 
-    print(f"{outcome.ran} run(s) done, {outcome.skipped} already finished, "
-          f"{len(outcome.failed)} failed; records in {sweep_obj.out}", file=sys.stderr)
+    print(
+        f"{outcome.ran} run(s) done, {outcome.skipped} already finished, "
+        f"{len(outcome.failed)} failed; records in {sweep_obj.out}",
+        file=sys.stderr,
+    )
     if report:
         try:
             _, text, path = reporting.write_report(sweep_obj.out)
@@ -155,12 +160,17 @@ def command_run(args) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     out = Path(args.out or Path("runs") / "+".join(args.problems))
-    sweep_obj = Sweep(problems=args.problems, protocol=protocol, out=out, size=args.size,
-                      overrides=overrides, evals_per_epoch=args.evals_per_epoch,
-                      data_dir=args.data_dir,
-                      executor={"kind": "local", "workers": args.workers, "threads": 1},
-                      sinks={"tensorboard": True, "dir": str(out / "logs")}
-                      if args.tensorboard else {})
+    sweep_obj = Sweep(
+        problems=args.problems,
+        protocol=protocol,
+        out=out,
+        size=args.size,
+        overrides=overrides,
+        evals_per_epoch=args.evals_per_epoch,
+        data_dir=args.data_dir,
+        executor={"kind": "local", "workers": args.workers, "threads": 1},
+        sinks={"tensorboard": True, "dir": str(out / "logs")} if args.tensorboard else {},
+    )
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
     return _finish(sweep_obj, outcome, report=not args.no_report)
 
@@ -197,10 +207,14 @@ def command_main(args) -> int:
     from critgrad.bench import main_job
     from critgrad.bench.sweep import run_sweep
 
-    sweep_obj = main_job.main_sweep(out=args.out, workers=args.workers, seeds=args.seeds,
-                                    data_dir=args.data_dir)
-    print(f"main job: {', '.join(main_job.PROBLEMS)} x {len(main_job.OPTIMIZERS)} optimizers x "
-          f"{len(args.seeds)} seeds -> {args.out}", file=sys.stderr)
+    sweep_obj = main_job.main_sweep(
+        out=args.out, workers=args.workers, seeds=args.seeds, data_dir=args.data_dir
+    )
+    print(
+        f"main job: {', '.join(main_job.PROBLEMS)} x {len(main_job.OPTIMIZERS)} optimizers x "
+        f"{len(args.seeds)} seeds -> {args.out}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
     code = _finish(sweep_obj, outcome, report=True)
@@ -209,6 +223,7 @@ def command_main(args) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     from critgrad.bench import main_job
@@ -223,20 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="one or more problems, several optimizers and seeds")
     run.add_argument("problems", nargs="+", metavar="PROBLEM")
-    run.add_argument("--optimizers", type=_name_list, required=True,
-                     help="comma-separated labels, e.g. sgd,sgd_c,adam,adam_c")
+    run.add_argument(
+        "--optimizers",
+        type=_name_list,
+        required=True,
+        help="comma-separated labels, e.g. sgd,sgd_c,adam,adam_c",
+    )
     run.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default 0)")
-    run.add_argument("--set", action="append", metavar="[OPTIMIZER.]KEY=VALUE",
-                     help="a hyperparameter for all optimizers or one (repeatable); the memory "
-                          "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="[OPTIMIZER.]KEY=VALUE",
+        help="a hyperparameter for all optimizers or one (repeatable); the memory "
+        "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
+    )
     run.add_argument("--size", default="cpu", help="cpu (default) or full")
     run.add_argument("--epochs", type=_positive_int, help="override the problem's epochs")
-    run.add_argument("--override", action="append", metavar="KEY=VALUE",
-                     help="override a problem setting, e.g. train_size=5000 (repeatable)")
+    run.add_argument(
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a problem setting, e.g. train_size=5000 (repeatable)",
+    )
     run.add_argument("--evals-per-epoch", type=_positive_int, default=1)
     run.add_argument("--out", help="run directory (default runs/PROBLEM[+PROBLEM])")
-    run.add_argument("--workers", type=_positive_int, default=1,
-                     help="parallel processes (default 1)")
+    run.add_argument(
+        "--workers", type=_positive_int, default=1, help="parallel processes (default 1)"
+    )
     run.add_argument("--tensorboard", action="store_true", help="also log to OUT/logs")
     run.set_defaults(handler=command_run)
 
@@ -275,13 +303,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
-    except (UsageError, UnknownProblem, UnknownOptimizer, DataUnavailable, ValueError,
-            FileNotFoundError, RuntimeError) as error:
+    except (
+        UsageError,
+        UnknownProblem,
+        UnknownOptimizer,
+        DataUnavailable,
+        ValueError,
+        FileNotFoundError,
+        RuntimeError,
+    ) as error:
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("critgrad: interrupted; finished runs are kept - the same command resumes",
-              file=sys.stderr)
+        print(
+            "critgrad: interrupted; finished runs are kept - the same command resumes",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -29,12 +29,22 @@ OUT = "results/main"
 WORKERS = 2  # one process per core, one thread each: faster than one process on two threads here
 
 
-def main_sweep(out: str | Path = OUT, workers: int = WORKERS, seeds=SEEDS,
-               data_dir: str | None = None) -> Sweep:
+def main_sweep(
+    out: str | Path = OUT, workers: int = WORKERS, seeds=SEEDS, data_dir: str | None = None
+) -> Sweep:
     protocol = protocols.fixed(
-        protocols.default_configs(OPTIMIZERS), seeds=seeds,
+        protocols.default_configs(OPTIMIZERS),
+        seeds=seeds,
         note=" - learning rates are well-known good values, not tuned here; each _C twin uses "
-             "its vanilla optimizer's learning rate")
-    return Sweep(problems=list(PROBLEMS), protocol=protocol, out=Path(out), size="cpu",
-                 overrides={"epochs": EPOCHS}, evals_per_epoch=EVALS_PER_EPOCH, data_dir=data_dir,
-                 executor={"kind": "local", "workers": workers, "threads": 1})
+        "its vanilla optimizer's learning rate",
+    )
+    return Sweep(
+        problems=list(PROBLEMS),
+        protocol=protocol,
+        out=Path(out),
+        size="cpu",
+        overrides={"epochs": EPOCHS},
+        evals_per_epoch=EVALS_PER_EPOCH,
+        data_dir=data_dir,
+        executor={"kind": "local", "workers": workers, "threads": 1},
+    )

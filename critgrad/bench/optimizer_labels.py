@@ -36,8 +36,9 @@ def _registry() -> tuple[Callable[..., torch.optim.Optimizer], Callable[[], Iter
     try:
         return critgrad.create_optimizer, critgrad.list_optimizers
     except AttributeError:
-        raise RuntimeError("critgrad.create_optimizer is missing: the optimizer core is not "
-                           "installed") from None
+        raise RuntimeError(
+            "critgrad.create_optimizer is missing: the optimizer core is not installed"
+        ) from None
 
 
 def registry_names() -> list[str]:
@@ -72,13 +73,18 @@ def resolve(label: str, hyperparameters: Mapping[str, Any]) -> tuple[str, dict[s
     if not is_memory(label):
         stray = sorted(set(hyperparameters) & set(MEMORY_KEYS))
         if stray:
-            raise ValueError(f"optimizer {label!r} has no memory; {', '.join(stray)} apply only "
-                             f"to the _c optimizers")
+            raise ValueError(
+                f"optimizer {label!r} has no memory; {', '.join(stray)} apply only "
+                f"to the _c optimizers"
+            )
     return name, {**fixed, **hyperparameters}
 
 
-def create(label: str, parameters: Iterable[torch.nn.Parameter] | torch.nn.Module,
-           hyperparameters: Mapping[str, Any]) -> torch.optim.Optimizer:
+def create(
+    label: str,
+    parameters: Iterable[torch.nn.Parameter] | torch.nn.Module,
+    hyperparameters: Mapping[str, Any],
+) -> torch.optim.Optimizer:
     """Build the optimizer ``label`` stands for over ``parameters``.
 
     A module is handed to the registry as it is, so that its rules (no weight decay on biases

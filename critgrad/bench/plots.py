@@ -36,8 +36,16 @@ def _curve_band(runs: Sequence[Mapping[str, Any]], key: str):
     """Epochs, mean and std over runs at the evaluation points all runs reached."""
     length = min(len(r["history"]) for r in runs)
     epochs = np.array([runs[0]["history"][i]["epoch"] for i in range(length)])
-    values = np.array([[np.nan if r["history"][i][key] is None else r["history"][i][key]
-                        for i in range(length)] for r in runs], dtype=float)
+    values = np.array(
+        [
+            [
+                np.nan if r["history"][i][key] is None else r["history"][i][key]
+                for i in range(length)
+            ]
+            for r in runs
+        ],
+        dtype=float,
+    )
     std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
     return epochs, values.mean(axis=0), std
 
@@ -45,14 +53,17 @@ def _curve_band(runs: Sequence[Mapping[str, Any]], key: str):
 def learning_curves(result, path: Path) -> Path | None:
     from critgrad.bench.report import display_name
 
-    pairs = [(base, [label for label in (vanilla, twin) if label and result.results[label].runs])
-             for base, vanilla, twin in result.pairs]
+    pairs = [
+        (base, [label for label in (vanilla, twin) if label and result.results[label].runs])
+        for base, vanilla, twin in result.pairs
+    ]
     pairs = [(base, labels) for base, labels in pairs if labels]
     if not pairs:
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6.0), squeeze=False,
-                                sharex=True)
+    figure, axes = plt.subplots(
+        2, len(pairs), figsize=(3.6 * len(pairs), 6.0), squeeze=False, sharex=True
+    )
     for column, (base, labels) in enumerate(pairs):
         for label in labels:
             runs = result.results[label].runs
@@ -88,8 +99,14 @@ def _scores_by(result, label: str, protocol: Protocol, keys: Sequence[str]):
         hyper = json.loads(config)
         if any(k not in hyper for k in keys):
             continue
-        score = float(np.mean([scoring.run_score(r, protocol.selection_split,
-                                                 protocol.selection_reduce) for r in runs]))
+        score = float(
+            np.mean(
+                [
+                    scoring.run_score(r, protocol.selection_split, protocol.selection_reduce)
+                    for r in runs
+                ]
+            )
+        )
         point = tuple(hyper[k] for k in keys)
         if point not in best or scoring.better(score, best[point], result.higher_is_better):
             best[point] = score
@@ -111,13 +128,19 @@ def lr_sensitivity(result, protocol: Protocol, path: Path) -> Path | None:
         values = [points[(lr,)] for lr in lrs]
         values = [v if math.isfinite(v) else np.nan for v in values]
         # A pair shares a colour: solid vanilla, dashed _C.
-        axis.plot(lrs, values, "--o" if optimizer_labels.is_memory(label) else "-o",
-                  color=f"C{bases.index(optimizer_labels.base_label(label)) % 10}",
-                  label=display_name(label))
+        axis.plot(
+            lrs,
+            values,
+            "--o" if optimizer_labels.is_memory(label) else "-o",
+            color=f"C{bases.index(optimizer_labels.base_label(label)) % 10}",
+            label=display_name(label),
+        )
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
-    axis.set_ylabel(f"{protocol.selection_split} {result.metric} "
-                    f"({protocol.selection_reduce}), mean over tuning seeds")
+    axis.set_ylabel(
+        f"{protocol.selection_split} {result.metric} "
+        f"({protocol.selection_reduce}), mean over tuning seeds"
+    )
     axis.set_title(f"{result.problem}: learning-rate sensitivity")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -139,8 +162,12 @@ def memory_heatmap(result, label: str, protocol: Protocol, path: Path) -> Path |
         grid[topcs.index(top), decays.index(decay)] = value if math.isfinite(value) else np.nan
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(4.8, 4.0))
-    image = axis.imshow(grid, origin="lower", cmap="viridis" if result.higher_is_better
-                        else "viridis_r", aspect="auto")
+    image = axis.imshow(
+        grid,
+        origin="lower",
+        cmap="viridis" if result.higher_is_better else "viridis_r",
+        aspect="auto",
+    )
     axis.set_xticks(range(len(decays)), [str(d) for d in decays])
     axis.set_yticks(range(len(topcs)), [str(t) for t in topcs])
     axis.set_xlabel("decay")
@@ -159,10 +186,15 @@ def memory_heatmap(result, label: str, protocol: Protocol, path: Path) -> Path |
 def plot_problem(result, protocol: Protocol, folder: Path) -> list[Path]:
     """Every plot that the problem's records support; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = [learning_curves(result, folder / f"{result.problem}-curves.png"),
-               lr_sensitivity(result, protocol, folder / f"{result.problem}-lr.png")]
+    written = [
+        learning_curves(result, folder / f"{result.problem}-curves.png"),
+        lr_sensitivity(result, protocol, folder / f"{result.problem}-lr.png"),
+    ]
     for label in result.results:
         if optimizer_labels.is_memory(label):
-            written.append(memory_heatmap(result, label, protocol,
-                                          folder / f"{result.problem}-{label}-topc-decay.png"))
+            written.append(
+                memory_heatmap(
+                    result, label, protocol, folder / f"{result.problem}-{label}-topc-decay.png"
+                )
+            )
     return [path for path in written if path is not None]

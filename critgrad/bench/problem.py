@@ -54,25 +54,35 @@ class ProblemSpec:
     sizes: Mapping[str, Mapping[str, Any]]
     builder: Callable[..., Task]  # builder(settings: dict, seed: int, data_dir: str | None) -> Task
 
-    def build(self, size: str = "cpu", seed: int = 0, data_dir: str | None = None,
-              overrides: Mapping[str, Any] | None = None) -> Task:
+    def build(
+        self,
+        size: str = "cpu",
+        seed: int = 0,
+        data_dir: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Task:
         if size not in self.sizes:
             raise ValueError(f"size must be one of {sorted(self.sizes)}, got {size!r}")
         settings = {**self.sizes[size], **(overrides or {})}
         return self.builder(settings, seed, data_dir)
 
 
-def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     generator: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def shuffled_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(x, y)`` minibatches in an order drawn from ``generator`` (last may be short)."""
     order = torch.randperm(len(x), generator=generator)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield x[index], y[index]
 
 
-def classification_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], model: nn.Module,
-                        settings: dict[str, Any], info: dict[str, Any]) -> Task:
+def classification_task(
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    model: nn.Module,
+    settings: dict[str, Any],
+    info: dict[str, Any],
+) -> Task:
     """A cross-entropy / accuracy :class:`Task` over in-memory tensors per split."""
     train_x, train_y = data["train"]
     batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
@@ -92,8 +102,8 @@ def classification_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], mode
         try:
             with torch.no_grad():
                 for start in range(0, len(x), eval_batch_size):
-                    logits = model(x[start:start + eval_batch_size])
-                    target = y[start:start + eval_batch_size]
+                    logits = model(x[start : start + eval_batch_size])
+                    target = y[start : start + eval_batch_size]
                     total_loss += F.cross_entropy(logits, target, reduction="sum").item()
                     correct += int((logits.argmax(dim=1) == target).sum())
         finally:
@@ -101,10 +111,21 @@ def classification_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], mode
         return {"loss": total_loss / len(x), "metric": correct / len(x)}
 
     return Task(
-        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
-        metric="accuracy", higher_is_better=True, epochs=settings["epochs"],
+        model=model,
+        train_batches=train_batches,
+        loss=loss,
+        evaluate=evaluate,
+        metric="accuracy",
+        higher_is_better=True,
+        epochs=settings["epochs"],
         grad_clip=settings["grad_clip"],
-        info={**info, "train_size": len(train_x), "valid_size": len(data["valid"][0]),
-              "test_size": len(data["test"][0]), "batch_size": batch_size,
-              "steps_per_epoch": -(-len(train_x) // batch_size),
-              "parameters": sum(p.numel() for p in model.parameters())})
+        info={
+            **info,
+            "train_size": len(train_x),
+            "valid_size": len(data["valid"][0]),
+            "test_size": len(data["test"][0]),
+            "batch_size": batch_size,
+            "steps_per_epoch": -(-len(train_x) // batch_size),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )

@@ -43,8 +43,17 @@ FAIR_SEEDS = (0, 1, 2, 3, 4)  # the fair protocol's minimum of five seeds
 RECOMMENDED_MEMORY = {"topC": 10, "decay": 0.7, "kappa": 1.0}
 # Well-known good learning rates for small MNIST-scale models at batch 64 (used when none is
 # given: `critgrad run` and the main job). The _c twin uses its vanilla optimizer's value.
-DEFAULT_LRS = {"sgd": 0.1, "sgdm": 0.01, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3,
-               "adagrad": 1e-2, "adamax": 2e-3, "nadam": 2e-3, "radam": 1e-3}
+DEFAULT_LRS = {
+    "sgd": 0.1,
+    "sgdm": 0.01,
+    "rmsprop": 1e-3,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "adagrad": 1e-2,
+    "adamax": 2e-3,
+    "nadam": 2e-3,
+    "radam": 1e-3,
+}
 PROTOCOLS = ("fair", "paper", "fixed")
 MEMORY_SEARCHES = ("fixed", "sampled")
 
@@ -69,29 +78,48 @@ class Protocol:
         """(split, reduce) of the reported numbers: test, final (fair) or best (paper)."""
         return "test", self.selection_reduce
 
-    def tuning_specs(self, problem: str, size: str = "cpu", overrides: Mapping[str, Any] = None,
-                     evals_per_epoch: int = 1) -> list[RunSpec]:
+    def tuning_specs(
+        self,
+        problem: str,
+        size: str = "cpu",
+        overrides: Mapping[str, Any] | None = None,
+        evals_per_epoch: int = 1,
+    ) -> list[RunSpec]:
         """Every configuration on the tuning seeds."""
-        return [RunSpec(problem=problem, optimizer=label, hyperparameters=dict(config),
-                        seed=seed, size=size, overrides=dict(overrides or {}),
-                        evals_per_epoch=evals_per_epoch)
-                for label, configs in self.configs.items() for config in configs
-                for seed in self.tune_seeds]
+        return [
+            RunSpec(
+                problem=problem,
+                optimizer=label,
+                hyperparameters=dict(config),
+                seed=seed,
+                size=size,
+                overrides=dict(overrides or {}),
+                evals_per_epoch=evals_per_epoch,
+            )
+            for label, configs in self.configs.items()
+            for config in configs
+            for seed in self.tune_seeds
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["configs"] = {label: [dict(c) for c in configs]
-                           for label, configs in self.configs.items()}
+        data["configs"] = {
+            label: [dict(c) for c in configs] for label, configs in self.configs.items()
+        }
         data["budget"] = self.budget()
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Protocol":
-        return cls(name=data["name"], configs={k: [dict(c) for c in v]
-                                               for k, v in data["configs"].items()},
-                   seeds=tuple(data["seeds"]), tune_seeds=tuple(data["tune_seeds"]),
-                   selection_split=data["selection_split"],
-                   selection_reduce=data["selection_reduce"], notes=data["notes"])
+    def from_dict(cls, data: Mapping[str, Any]) -> Protocol:
+        return cls(
+            name=data["name"],
+            configs={k: [dict(c) for c in v] for k, v in data["configs"].items()},
+            seeds=tuple(data["seeds"]),
+            tune_seeds=tuple(data["tune_seeds"]),
+            selection_split=data["selection_split"],
+            selection_reduce=data["selection_reduce"],
+            notes=data["notes"],
+        )
 
 
 def _check_seeds(seeds: Sequence[int], name: str = "seeds") -> tuple[int, ...]:
@@ -110,7 +138,8 @@ def _check_optimizers(optimizers: Sequence[str]) -> list[str]:
     for label in optimizers:
         if label not in known:
             raise optimizer_labels.UnknownOptimizer(
-                f"unknown optimizer {label!r}; known: {', '.join(known)}")
+                f"unknown optimizer {label!r}; known: {', '.join(known)}"
+            )
     if len(set(optimizers)) != len(optimizers):
         raise ValueError(f"optimizers has duplicates: {list(optimizers)}")
     return list(optimizers)
@@ -121,8 +150,9 @@ def _seed_note(seeds: Sequence[int]) -> str:
     return note + (" - fewer than the 5 the fair protocol asks for" if len(seeds) < 5 else "")
 
 
-def extra_hyperparameters(extra: Mapping[str, Mapping[str, Any]] | None,
-                          label: str) -> dict[str, Any]:
+def extra_hyperparameters(
+    extra: Mapping[str, Mapping[str, Any]] | None, label: str
+) -> dict[str, Any]:
     """Fixed extra hyperparameters for ``label``: under "all", its vanilla label, or the label.
 
     Memory settings under "all" reach only the _c optimizers; under a vanilla label's own name
@@ -137,12 +167,19 @@ def extra_hyperparameters(extra: Mapping[str, Mapping[str, Any]] | None,
     return merged
 
 
-def fair(optimizers: Sequence[str], *, lrs: Sequence[float] = PAPER_LRS,
-         seeds: Sequence[int] = FAIR_SEEDS, tune_seeds: Sequence[int] | None = None,
-         memory_search: str = "fixed", topCs: Sequence[int] = PAPER_TOPCS,
-         decays: Sequence[float] = PAPER_DECAYS,
-         memory: Mapping[str, Any] = RECOMMENDED_MEMORY, sample_seed: int = 0,
-         extra: Mapping[str, Mapping[str, Any]] | None = None) -> Protocol:
+def fair(
+    optimizers: Sequence[str],
+    *,
+    lrs: Sequence[float] = PAPER_LRS,
+    seeds: Sequence[int] = FAIR_SEEDS,
+    tune_seeds: Sequence[int] | None = None,
+    memory_search: str = "fixed",
+    topCs: Sequence[int] = PAPER_TOPCS,
+    decays: Sequence[float] = PAPER_DECAYS,
+    memory: Mapping[str, Any] = RECOMMENDED_MEMORY,
+    sample_seed: int = 0,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Protocol:
     """The equal-budget protocol (see the module docstring)."""
     optimizers = _check_optimizers(optimizers)
     seeds = _check_seeds(seeds)
@@ -154,8 +191,10 @@ def fair(optimizers: Sequence[str], *, lrs: Sequence[float] = PAPER_LRS,
         raise ValueError(f"memory_search must be one of {MEMORY_SEARCHES}, got {memory_search!r}")
     grid = list(itertools.product(lrs, topCs, decays))
     if memory_search == "sampled" and len(grid) < len(lrs):
-        raise ValueError(f"the memory grid has {len(grid)} points, fewer than the {len(lrs)} "
-                         "configurations each optimizer gets")
+        raise ValueError(
+            f"the memory grid has {len(grid)} points, fewer than the {len(lrs)} "
+            "configurations each optimizer gets"
+        )
     configs: dict[str, list[dict[str, Any]]] = {}
     for label in optimizers:
         fixed = extra_hyperparameters(extra, label)
@@ -166,24 +205,43 @@ def fair(optimizers: Sequence[str], *, lrs: Sequence[float] = PAPER_LRS,
         else:
             # One draw per twin label, all from the same seeded stream order: reproducible.
             draws = sorted(random.Random(f"{sample_seed}:{label}").sample(grid, len(lrs)))
-            configs[label] = [{"kappa": memory.get("kappa", PAPER_KAPPA), **fixed, "lr": lr,
-                               "topC": top, "decay": decay} for lr, top, decay in draws]
-    memory_words = (f"the _c twins use the same learning rates with topC "
-                    f"{memory.get('topC')}, decay {memory.get('decay')}, kappa "
-                    f"{memory.get('kappa')}" if memory_search == "fixed" else
-                    f"the _c twins get {len(lrs)} (lr, topC, decay) triples drawn from lr x topC "
-                    f"{list(topCs)} x decay {list(decays)} (seed {sample_seed})")
-    notes = (f"fair: {len(lrs)} configurations per optimizer (lr in {lrs}; {memory_words}); "
-             f"selection on the mean final validation metric over seeds {list(tune_seeds)}; "
-             f"reported: final test metric of the selected configuration, mean +- std over "
-             f"{_seed_note(seeds)}")
+            configs[label] = [
+                {
+                    "kappa": memory.get("kappa", PAPER_KAPPA),
+                    **fixed,
+                    "lr": lr,
+                    "topC": top,
+                    "decay": decay,
+                }
+                for lr, top, decay in draws
+            ]
+    memory_words = (
+        f"the _c twins use the same learning rates with topC "
+        f"{memory.get('topC')}, decay {memory.get('decay')}, kappa "
+        f"{memory.get('kappa')}"
+        if memory_search == "fixed"
+        else f"the _c twins get {len(lrs)} (lr, topC, decay) triples drawn from lr x topC "
+        f"{list(topCs)} x decay {list(decays)} (seed {sample_seed})"
+    )
+    notes = (
+        f"fair: {len(lrs)} configurations per optimizer (lr in {lrs}; {memory_words}); "
+        f"selection on the mean final validation metric over seeds {list(tune_seeds)}; "
+        f"reported: final test metric of the selected configuration, mean +- std over "
+        f"{_seed_note(seeds)}"
+    )
     return Protocol("fair", configs, seeds, tune_seeds, "valid", "final", notes)
 
 
-def paper(optimizers: Sequence[str], *, seeds: Sequence[int] = PAPER_SEEDS,
-          lrs: Sequence[float] = PAPER_LRS, decays: Sequence[float] = PAPER_DECAYS,
-          topCs: Sequence[int] = PAPER_TOPCS, kappa: float = PAPER_KAPPA,
-          extra: Mapping[str, Mapping[str, Any]] | None = None) -> Protocol:
+def paper(
+    optimizers: Sequence[str],
+    *,
+    seeds: Sequence[int] = PAPER_SEEDS,
+    lrs: Sequence[float] = PAPER_LRS,
+    decays: Sequence[float] = PAPER_DECAYS,
+    topCs: Sequence[int] = PAPER_TOPCS,
+    kappa: float = PAPER_KAPPA,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Protocol:
     """The authors' grid and test-set selection (see the module docstring)."""
     optimizers = _check_optimizers(optimizers)
     seeds = _check_seeds(seeds)
@@ -191,33 +249,47 @@ def paper(optimizers: Sequence[str], *, seeds: Sequence[int] = PAPER_SEEDS,
     for label in optimizers:
         fixed = extra_hyperparameters(extra, label)
         if optimizer_labels.is_memory(label):
-            configs[label] = [{**fixed, "lr": float(lr), "topC": top, "decay": decay,
-                               "kappa": kappa}
-                              for lr, decay, top in itertools.product(lrs, decays, topCs)]
+            configs[label] = [
+                {**fixed, "lr": float(lr), "topC": top, "decay": decay, "kappa": kappa}
+                for lr, decay, top in itertools.product(lrs, decays, topCs)
+            ]
         else:
             configs[label] = [{**fixed, "lr": float(lr)} for lr in lrs]
     vanilla, twin = len(lrs), len(lrs) * len(decays) * len(topCs)
-    notes = (f"paper: the authors' grid - {vanilla} configurations per vanilla optimizer, {twin} "
-             f"per _c twin ({twin / vanilla:.0f}x the budget); every configuration on "
-             f"{_seed_note(seeds)}; selection AND reported numbers use the best TEST metric over "
-             "epochs, as the authors' scripts did (optimistic, favours the larger grid)")
+    notes = (
+        f"paper: the authors' grid - {vanilla} configurations per vanilla optimizer, {twin} "
+        f"per _c twin ({twin / vanilla:.0f}x the budget); every configuration on "
+        f"{_seed_note(seeds)}; selection AND reported numbers use the best TEST metric over "
+        "epochs, as the authors' scripts did (optimistic, favours the larger grid)"
+    )
     return Protocol("paper", configs, seeds, seeds, "test", "best", notes)
 
 
-def fixed(configs: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int],
-          note: str = "") -> Protocol:
+def fixed(
+    configs: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int], note: str = ""
+) -> Protocol:
     """One given configuration per optimizer label, no tuning."""
     _check_optimizers(list(configs))
     seeds = _check_seeds(seeds)
     words = "; ".join(f"{label} {dict(config)}" for label, config in configs.items())
-    notes = (f"fixed: one configuration per optimizer, no tuning ({words}){note}; reported: "
-             f"final test metric, mean +- std over {_seed_note(seeds)}")
-    return Protocol("fixed", {label: [dict(c)] for label, c in configs.items()}, seeds, seeds,
-                    "valid", "final", notes)
+    notes = (
+        f"fixed: one configuration per optimizer, no tuning ({words}){note}; reported: "
+        f"final test metric, mean +- std over {_seed_note(seeds)}"
+    )
+    return Protocol(
+        "fixed",
+        {label: [dict(c)] for label, c in configs.items()},
+        seeds,
+        seeds,
+        "valid",
+        "final",
+        notes,
+    )
 
 
-def default_configs(optimizers: Sequence[str],
-                    memory: Mapping[str, Any] = RECOMMENDED_MEMORY) -> dict[str, dict[str, Any]]:
+def default_configs(
+    optimizers: Sequence[str], memory: Mapping[str, Any] = RECOMMENDED_MEMORY
+) -> dict[str, dict[str, Any]]:
     """The fixed configuration of each label: its DEFAULT_LRS value (the twin: its vanilla's),
     plus the recommended memory for the twins."""
     configs = {}

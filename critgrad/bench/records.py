@@ -38,21 +38,36 @@ class RunSpec:
     evals_per_epoch: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"problem": self.problem, "size": self.size, "overrides": dict(self.overrides),
-                "optimizer": self.optimizer, "hyperparameters": dict(self.hyperparameters),
-                "seed": self.seed, "evals_per_epoch": self.evals_per_epoch}
+        return {
+            "problem": self.problem,
+            "size": self.size,
+            "overrides": dict(self.overrides),
+            "optimizer": self.optimizer,
+            "hyperparameters": dict(self.hyperparameters),
+            "seed": self.seed,
+            "evals_per_epoch": self.evals_per_epoch,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunSpec":
-        return cls(problem=data["problem"], optimizer=data["optimizer"],
-                   hyperparameters=dict(data["hyperparameters"]), seed=int(data["seed"]),
-                   size=data.get("size", "cpu"), overrides=dict(data.get("overrides", {})),
-                   evals_per_epoch=int(data.get("evals_per_epoch", 1)))
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        return cls(
+            problem=data["problem"],
+            optimizer=data["optimizer"],
+            hyperparameters=dict(data["hyperparameters"]),
+            seed=int(data["seed"]),
+            size=data.get("size", "cpu"),
+            overrides=dict(data.get("overrides", {})),
+            evals_per_epoch=int(data.get("evals_per_epoch", 1)),
+        )
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the spec (independent of dict order)."""
-        canonical = json.dumps({"format": RECORD_FORMAT, **self.to_dict()}, sort_keys=True,
-                               separators=(",", ":"), default=str)
+        canonical = json.dumps(
+            {"format": RECORD_FORMAT, **self.to_dict()},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def file_name(self) -> str:
@@ -116,7 +131,7 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
         raise BrokenRecord(f"{path}: not a format-{RECORD_FORMAT} run record")
     try:
         spec = RunSpec.from_dict(record["spec"])
-        record["history"], record["final"]  # noqa: B018 - presence check
+        record["history"], record["final"]
     except (KeyError, TypeError, ValueError) as error:
         raise BrokenRecord(f"{path}: missing or bad field {error}") from None
     if Path(path).name != spec.file_name():

@@ -22,12 +22,23 @@ from typing import Any
 from critgrad.bench import optimizer_labels, records, scoring, sweep
 from critgrad.bench.protocols import Protocol
 
-DISPLAY_NAMES = {"sgd": "SGD", "sgdm": "SGDm", "rmsprop": "RMSprop", "adam": "Adam",
-                 "adamw": "AdamW", "adagrad": "Adagrad", "adamax": "Adamax", "nadam": "NAdam",
-                 "radam": "RAdam"}
+DISPLAY_NAMES = {
+    "sgd": "SGD",
+    "sgdm": "SGDm",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adagrad": "Adagrad",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+}
 # metric -> (scale, decimals, unit shown in the heading)
-METRIC_FORMATS = {"accuracy": (100.0, 2, "%"), "perplexity": (1.0, 2, ""),
-                  "train_loss": (1.0, 4, "")}
+METRIC_FORMATS = {
+    "accuracy": (100.0, 2, "%"),
+    "perplexity": (1.0, 2, ""),
+    "train_loss": (1.0, 4, ""),
+}
 
 
 @dataclasses.dataclass
@@ -78,9 +89,16 @@ def infer_protocol(all_records: Sequence[Mapping[str, Any]]) -> Protocol:
         if config not in bucket:
             bucket.append(config)
     seeds = tuple(sorted({r["spec"]["seed"] for r in all_records}))
-    return Protocol("unknown", configs, seeds, seeds, "valid", "final",
-                    "no sweep manifest: every configuration found in the folder, selection on the "
-                    "mean final validation metric over all seeds, reported: final test metric")
+    return Protocol(
+        "unknown",
+        configs,
+        seeds,
+        seeds,
+        "valid",
+        "final",
+        "no sweep manifest: every configuration found in the folder, selection on the "
+        "mean final validation metric over all seeds, reported: final test metric",
+    )
 
 
 def _pairs(labels: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
@@ -89,9 +107,16 @@ def _pairs(labels: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
         base = optimizer_labels.base_label(label)
         if base not in order:
             order.append(base)
-    return [(base, base if base in labels else None,
-             optimizer_labels.memory_label(base) if optimizer_labels.memory_label(base) in labels
-             else None) for base in order]
+    return [
+        (
+            base,
+            base if base in labels else None,
+            optimizer_labels.memory_label(base)
+            if optimizer_labels.memory_label(base) in labels
+            else None,
+        )
+        for base in order
+    ]
 
 
 def _problem_info(name: str) -> str:
@@ -99,12 +124,13 @@ def _problem_info(name: str) -> str:
         from critgrad.bench.problems import get_problem
 
         return get_problem(name).description
-    except Exception:  # noqa: BLE001 - a report must not depend on the problem still existing
+    except Exception:
         return ""
 
 
-def analyse_problem(problem: str, problem_records: Sequence[Mapping[str, Any]],
-                    protocol: Protocol) -> ProblemResult:
+def analyse_problem(
+    problem: str, problem_records: Sequence[Mapping[str, Any]], protocol: Protocol
+) -> ProblemResult:
     """Selection, summaries and time-to-target for one problem (pure given the records)."""
     higher = problem_records[0]["higher_is_better"]
     split, reduce = protocol.reported()
@@ -113,33 +139,51 @@ def analyse_problem(problem: str, problem_records: Sequence[Mapping[str, Any]],
     for label, configs in protocol.configs.items():
         groups = sweep.group_by_config(problem_records, label, configs)
         config = chosen.get(label)
-        runs = [r for r in groups.get(config, []) if r["spec"]["seed"] in protocol.seeds] \
-            if config else []
-        ages = [r["history"][-1]["memory"]["mean_age"] for r in runs
-                if r["history"][-1].get("memory")
-                and r["history"][-1]["memory"].get("mean_age") is not None]
+        runs = (
+            [r for r in groups.get(config, []) if r["spec"]["seed"] in protocol.seeds]
+            if config
+            else []
+        )
+        ages = [
+            r["history"][-1]["memory"]["mean_age"]
+            for r in runs
+            if r["history"][-1].get("memory")
+            and r["history"][-1]["memory"].get("mean_age") is not None
+        ]
         results[label] = OptimizerResult(
-            label=label, config=json.loads(config) if config else None, runs=runs, groups=groups,
+            label=label,
+            config=json.loads(config) if config else None,
+            runs=runs,
+            groups=groups,
             reported=scoring.mean_std(scoring.metric_values(runs, split, reduce)),
             valid=scoring.mean_std(scoring.metric_values(runs, "valid", "final")),
-            step_ms=scoring.per_step_ms(runs), admitted=scoring.admitted_fraction(runs),
-            mean_age=sum(ages) / len(ages) if ages else None)
+            step_ms=scoring.per_step_ms(runs),
+            admitted=scoring.admitted_fraction(runs),
+            mean_age=sum(ages) / len(ages) if ages else None,
+        )
     pairs = _pairs(list(protocol.configs))
     targets = {}
     for base, vanilla, twin in pairs:
         if vanilla and twin and results[vanilla].runs and results[twin].runs:
-            target = scoring.pair_target([results[vanilla].valid[0], results[twin].valid[0]],
-                                         higher)
+            target = scoring.pair_target(
+                [results[vanilla].valid[0], results[twin].valid[0]], higher
+            )
             targets[base] = target
             for label in (vanilla, twin):
                 results[label].time_to_target = scoring.time_to_target(
-                    results[label].runs, target, higher)
+                    results[label].runs, target, higher
+                )
     return ProblemResult(
-        problem=problem, description=_problem_info(problem),
-        metric=problem_records[0]["metric"], higher_is_better=higher, results=results,
-        pairs=pairs, targets=targets,
+        problem=problem,
+        description=_problem_info(problem),
+        metric=problem_records[0]["metric"],
+        higher_is_better=higher,
+        results=results,
+        pairs=pairs,
+        targets=targets,
         wall_seconds=math.fsum(r["wall_seconds"] for r in problem_records),
-        seeds=list(protocol.seeds))
+        seeds=list(protocol.seeds),
+    )
 
 
 def analyse(run_dir: str | os.PathLike) -> Analysis:
@@ -150,17 +194,23 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
     all_records, broken = records.read_records(run_dir)
     manifest = sweep.read_manifest(run_dir)
     if not all_records:
-        raise ValueError(f"no run records in {run_dir}" +
-                         (f" ({len(broken)} broken)" if broken else ""))
+        raise ValueError(
+            f"no run records in {run_dir}" + (f" ({len(broken)} broken)" if broken else "")
+        )
     protocol = Protocol.from_dict(manifest["protocol"]) if manifest else infer_protocol(all_records)
     problems = []
-    names = manifest["problems"] if manifest else sorted({r["spec"]["problem"]
-                                                          for r in all_records})
+    names = (
+        manifest["problems"] if manifest else sorted({r["spec"]["problem"] for r in all_records})
+    )
     for name in names:
         if manifest:
-            mine = sweep.matching_records(all_records, name, manifest["size"],
-                                          manifest["overrides"].get(name, {}),
-                                          manifest["evals_per_epoch"])
+            mine = sweep.matching_records(
+                all_records,
+                name,
+                manifest["size"],
+                manifest["overrides"].get(name, {}),
+                manifest["evals_per_epoch"],
+            )
         else:
             mine = [r for r in all_records if r["spec"]["problem"] == name]
         if mine:
@@ -171,6 +221,7 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
 
 # ---- formatting ---------------------------------------------------------------------------------
 
+
 def display_name(label: str) -> str:
     base = optimizer_labels.base_label(label)
     name = DISPLAY_NAMES.get(base, base)
@@ -178,7 +229,7 @@ def display_name(label: str) -> str:
 
 
 def format_value(metric: str, summary: tuple[float, float, int]) -> str:
-    """"mean ± std" in the metric's unit; "n=1" instead of a std for a single seed."""
+    """ "mean ± std" in the metric's unit; "n=1" instead of a std for a single seed."""
     mean, std, n = summary
     scale, decimals, _ = METRIC_FORMATS.get(metric, (1.0, 4, ""))
     if n == 0:
@@ -217,12 +268,18 @@ def pair_rows(result: ProblemResult) -> list[dict[str, Any]]:
     return rows
 
 
-def problem_markdown(result: ProblemResult, analysis: Analysis,
-                     plot_paths: Sequence[str] = ()) -> str:
+def problem_markdown(
+    result: ProblemResult, analysis: Analysis, plot_paths: Sequence[str] = ()
+) -> str:
     protocol = analysis.protocol
-    lines = [f"## {result.problem}" + (f": {result.description}" if result.description else ""),
-             "", f"Metric: {_metric_heading(result, protocol)}. Better of each pair in bold.", "",
-             "| optimizer | vanilla | _C |", "|---|---|---|"]
+    lines = [
+        f"## {result.problem}" + (f": {result.description}" if result.description else ""),
+        "",
+        f"Metric: {_metric_heading(result, protocol)}. Better of each pair in bold.",
+        "",
+        "| optimizer | vanilla | _C |",
+        "|---|---|---|",
+    ]
     for row in pair_rows(result):
         cells = []
         for side, key in (("vanilla", "vanilla"), ("_C", "memory")):
@@ -231,22 +288,40 @@ def problem_markdown(result: ProblemResult, analysis: Analysis,
         lines.append(f"| {display_name(row['base'])} | {cells[0]} | {cells[1]} |")
     budget = ", ".join(f"{display_name(k)} {v}" for k, v in protocol.budget().items())
     machine = analysis.machine or {}
-    threads = sorted({r["machine"].get("torch_threads") for item in result.results.values()
-                      for r in item.runs if r.get("machine")} - {None})
+    threads = sorted(
+        {
+            r["machine"].get("torch_threads")
+            for item in result.results.values()
+            for r in item.runs
+            if r.get("machine")
+        }
+        - {None}
+    )
     executor = (analysis.manifest or {}).get("executor") or {}
     total = analysis.manifest["wall_seconds"] if analysis.manifest else None
-    lines += ["", f"- Protocol: {protocol.notes}.",
-              f"- Budget (configurations per optimizer): {budget}.",
-              f"- Seeds: {', '.join(map(str, result.seeds))}.",
-              f"- Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores, "
-              f"torch {machine.get('torch', '?')}; {'/'.join(map(str, threads)) or '?'} torch "
-              f"thread(s) per run" + (f", {executor['workers']} parallel worker(s) "
-                                      f"({executor.get('kind')})" if executor.get("workers")
-                                      else "") + ".",
-              f"- Wall time: {_seconds(result.wall_seconds)} summed over this problem's runs"
-              + (f"; {_seconds(total)} elapsed for the whole sweep" if total else "") + "."]
-    selected = [f"{display_name(label)} {r.config}" for label, r in result.results.items()
-                if r.config is not None]
+    lines += [
+        "",
+        f"- Protocol: {protocol.notes}.",
+        f"- Budget (configurations per optimizer): {budget}.",
+        f"- Seeds: {', '.join(map(str, result.seeds))}.",
+        f"- Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores, "
+        f"torch {machine.get('torch', '?')}; {'/'.join(map(str, threads)) or '?'} torch "
+        f"thread(s) per run"
+        + (
+            f", {executor['workers']} parallel worker(s) ({executor.get('kind')})"
+            if executor.get("workers")
+            else ""
+        )
+        + ".",
+        f"- Wall time: {_seconds(result.wall_seconds)} summed over this problem's runs"
+        + (f"; {_seconds(total)} elapsed for the whole sweep" if total else "")
+        + ".",
+    ]
+    selected = [
+        f"{display_name(label)} {r.config}"
+        for label, r in result.results.items()
+        if r.config is not None
+    ]
     if selected and protocol.name != "fixed":
         lines.append(f"- Selected: {'; '.join(selected)}.")
     lines += ["", _time_to_target_table(result), "", _cost_table(result)]
@@ -257,11 +332,15 @@ def problem_markdown(result: ProblemResult, analysis: Analysis,
 
 def _time_to_target_table(result: ProblemResult) -> str:
     scale, decimals, unit = METRIC_FORMATS.get(result.metric, (1.0, 4, ""))
-    lines = ["Time to target (target: the worse of the pair's mean final validation "
-             f"{result.metric}; first evaluation point where the seed-averaged validation curve "
-             "reaches it; training seconds, evaluation excluded):", "",
-             f"| optimizer | target{f' ({unit})' if unit else ''} | vanilla steps | vanilla s | "
-             "_C steps | _C s |", "|---|---|---|---|---|---|"]
+    lines = [
+        "Time to target (target: the worse of the pair's mean final validation "
+        f"{result.metric}; first evaluation point where the seed-averaged validation curve "
+        "reaches it; training seconds, evaluation excluded):",
+        "",
+        f"| optimizer | target{f' ({unit})' if unit else ''} | vanilla steps | vanilla s | "
+        "_C steps | _C s |",
+        "|---|---|---|---|---|---|",
+    ]
     for base, vanilla, twin in result.pairs:
         if base not in result.targets:
             continue
@@ -270,27 +349,35 @@ def _time_to_target_table(result: ProblemResult) -> str:
             reached = result.results[label].time_to_target
             cells += [str(reached[0]), f"{reached[1]:.1f}"] if reached else ["-", "-"]
         target = result.targets[base]
-        lines.append(f"| {display_name(base)} | {target * scale:.{decimals}f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {display_name(base)} | {target * scale:.{decimals}f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
 def _cost_table(result: ProblemResult) -> str:
-    lines = ["Per-step cost (medians over the reported runs; ratios are what carries between "
-             "machines) and the memory's admission rate once offered:", "",
-             "| optimizer | step() ms vanilla | step() ms _C | ratio | train step ms vanilla | "
-             "train step ms _C | _C admitted | _C mean age |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "Per-step cost (medians over the reported runs; ratios are what carries between "
+        "machines) and the memory's admission rate once offered:",
+        "",
+        "| optimizer | step() ms vanilla | step() ms _C | ratio | train step ms vanilla | "
+        "train step ms _C | _C admitted | _C mean age |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for base, vanilla, twin in result.pairs:
         left = result.results[vanilla].step_ms if vanilla else (math.nan, math.nan)
         right = result.results[twin] if twin else None
         right_ms = right.step_ms if right else (math.nan, math.nan)
         ratio = right_ms[0] / left[0] if left[0] and math.isfinite(left[0]) else math.nan
-        admitted = f"{100 * right.admitted:.1f} %" if right and math.isfinite(right.admitted) \
-            else "-"
+        admitted = (
+            f"{100 * right.admitted:.1f} %" if right and math.isfinite(right.admitted) else "-"
+        )
         age = f"{right.mean_age:.1f}" if right and right.mean_age is not None else "-"
-        lines.append(f"| {display_name(base)} | {_ms(left[0])} | {_ms(right_ms[0])} | "
-                     f"{'-' if not math.isfinite(ratio) else f'{ratio:.2f}x'} | {_ms(left[1])} | "
-                     f"{_ms(right_ms[1])} | {admitted} | {age} |")
+        lines.append(
+            f"| {display_name(base)} | {_ms(left[0])} | {_ms(right_ms[0])} | "
+            f"{'-' if not math.isfinite(ratio) else f'{ratio:.2f}x'} | {_ms(left[1])} | "
+            f"{_ms(right_ms[1])} | {admitted} | {age} |"
+        )
     return "\n".join(lines)
 
 
@@ -300,14 +387,20 @@ def _ms(value: float) -> str:
 
 def markdown(analysis: Analysis, plots: Mapping[str, Sequence[str]] | None = None) -> str:
     """The whole report as Markdown."""
-    lines = [f"# Results: {analysis.run_dir.name}", "",
-             "Each optimizer against its memory-augmented (_C) twin. Numbers are mean ± sample "
-             "standard deviation over seeds of each optimizer's selected configuration.", ""]
+    lines = [
+        f"# Results: {analysis.run_dir.name}",
+        "",
+        "Each optimizer against its memory-augmented (_C) twin. Numbers are mean ± sample "
+        "standard deviation over seeds of each optimizer's selected configuration.",
+        "",
+    ]
     if analysis.manifest and analysis.manifest.get("command"):
         lines += [f"Reproduce: `{analysis.manifest['command']}`", ""]
     if analysis.broken:
-        lines += [f"{len(analysis.broken)} broken record(s) were skipped: "
-                  + "; ".join(analysis.broken), ""]
+        lines += [
+            f"{len(analysis.broken)} broken record(s) were skipped: " + "; ".join(analysis.broken),
+            "",
+        ]
     for result in analysis.problems:
         lines += [problem_markdown(result, analysis, (plots or {}).get(result.problem, ())), ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -315,17 +408,26 @@ def markdown(analysis: Analysis, plots: Mapping[str, Sequence[str]] | None = Non
 
 # ---- CSV ----------------------------------------------------------------------------------------
 
+
 def table_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """The paper-layout table as CSV rows (numbers in the metric's raw unit)."""
     rows = []
     for result in analysis.problems:
         for row in pair_rows(result):
-            rows.append({"problem": result.problem, "optimizer": display_name(row["base"]),
-                         "metric": result.metric,
-                         "vanilla_mean": row["vanilla"][0], "vanilla_std": row["vanilla"][1],
-                         "vanilla_n": row["vanilla"][2], "c_mean": row["memory"][0],
-                         "c_std": row["memory"][1], "c_n": row["memory"][2],
-                         "better": row["better"] or ""})
+            rows.append(
+                {
+                    "problem": result.problem,
+                    "optimizer": display_name(row["base"]),
+                    "metric": result.metric,
+                    "vanilla_mean": row["vanilla"][0],
+                    "vanilla_std": row["vanilla"][1],
+                    "vanilla_n": row["vanilla"][2],
+                    "c_mean": row["memory"][0],
+                    "c_std": row["memory"][1],
+                    "c_n": row["memory"][2],
+                    "better": row["better"] or "",
+                }
+            )
     return rows
 
 
@@ -335,15 +437,26 @@ def result_rows(analysis: Analysis) -> list[dict[str, Any]]:
     for result in analysis.problems:
         for label, item in result.results.items():
             reached = item.time_to_target
-            rows.append({
-                "problem": result.problem, "optimizer": label, "config": json.dumps(item.config),
-                "metric": result.metric, "mean": item.reported[0], "std": item.reported[1],
-                "n": item.reported[2], "valid_mean": item.valid[0], "valid_std": item.valid[1],
-                "target": result.targets.get(optimizer_labels.base_label(label), math.nan),
-                "steps_to_target": reached[0] if reached else "",
-                "seconds_to_target": reached[1] if reached else "",
-                "step_ms": item.step_ms[0], "train_step_ms": item.step_ms[1],
-                "admitted_fraction": item.admitted, "configurations": len(item.groups)})
+            rows.append(
+                {
+                    "problem": result.problem,
+                    "optimizer": label,
+                    "config": json.dumps(item.config),
+                    "metric": result.metric,
+                    "mean": item.reported[0],
+                    "std": item.reported[1],
+                    "n": item.reported[2],
+                    "valid_mean": item.valid[0],
+                    "valid_std": item.valid[1],
+                    "target": result.targets.get(optimizer_labels.base_label(label), math.nan),
+                    "steps_to_target": reached[0] if reached else "",
+                    "seconds_to_target": reached[1] if reached else "",
+                    "step_ms": item.step_ms[0],
+                    "train_step_ms": item.step_ms[1],
+                    "admitted_fraction": item.admitted,
+                    "configurations": len(item.groups),
+                }
+            )
     return rows
 
 
@@ -356,8 +469,9 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 with_plots: bool = True) -> tuple[Analysis, str, Path]:
+def write_report(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, with_plots: bool = True
+) -> tuple[Analysis, str, Path]:
     """Write report.md, table.csv, results.csv (and plots/) into ``out_dir`` (default: run_dir)."""
     analysis = analyse(run_dir)
     out = Path(out_dir) if out_dir else Path(run_dir)

@@ -39,9 +39,14 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -70,8 +75,11 @@ def summarise_memory(stats: Sequence[Mapping[str, Any]] | None) -> dict[str, Any
     summary: dict[str, Any] = {}
     keys = sorted({key for group in stats for key in group})
     for key in keys:
-        values = [group[key] for group in stats
-                  if isinstance(group.get(key), (int, float)) and not isinstance(group[key], bool)]
+        values = [
+            group[key]
+            for group in stats
+            if isinstance(group.get(key), (int, float)) and not isinstance(group[key], bool)
+        ]
         if key.startswith("last_"):
             continue
         if not values:
@@ -93,8 +101,13 @@ def _memory(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     return summarise_memory(stats()) if callable(stats) else None
 
 
-def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
-        sink_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    spec: RunSpec,
+    *,
+    data_dir: str | None = None,
+    progress: bool = False,
+    sink_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train ``spec`` and return its record (see the module docstring)."""
     from critgrad.bench import sinks  # optional back ends, imported only when a run starts
 
@@ -108,10 +121,12 @@ def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
 
     steps_per_epoch = task.info.get("steps_per_epoch")
     if steps_per_epoch is None and spec.evals_per_epoch != 1:
-        raise ValueError(f"problem {spec.problem!r} does not know its steps per epoch; "
-                         "evals_per_epoch must be 1")
-    checkpoints = set(evaluation_steps(steps_per_epoch, spec.evals_per_epoch)
-                      if steps_per_epoch else ())
+        raise ValueError(
+            f"problem {spec.problem!r} does not know its steps per epoch; evals_per_epoch must be 1"
+        )
+    checkpoints = set(
+        evaluation_steps(steps_per_epoch, spec.evals_per_epoch) if steps_per_epoch else ()
+    )
     parameters = [p for p in task.model.parameters() if p.requires_grad]
     outputs = sinks.open_sinks(sink_config, spec)
 
@@ -127,11 +142,17 @@ def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
         count = state["loss_count"]
         mean_loss = state["loss_sum"].item() / count if count else None
         state["loss_sum"], state["loss_count"] = torch.zeros(()), 0
-        point = {"epoch": epoch, "step": state["step"], "train_seconds": clock["train"],
-                 "train_loss": mean_loss,
-                 "valid_loss": float(valid["loss"]), "valid_metric": float(valid["metric"]),
-                 "test_loss": float(test["loss"]), "test_metric": float(test["metric"]),
-                 "memory": _memory(optimizer)}
+        point = {
+            "epoch": epoch,
+            "step": state["step"],
+            "train_seconds": clock["train"],
+            "train_loss": mean_loss,
+            "valid_loss": float(valid["loss"]),
+            "valid_metric": float(valid["metric"]),
+            "test_loss": float(test["loss"]),
+            "test_metric": float(test["metric"]),
+            "memory": _memory(optimizer),
+        }
         history.append(point)
         for sink in outputs:
             sink.log(point)
@@ -144,9 +165,8 @@ def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
         evaluate_point(0.0)
         task.model.train()
         for epoch in range(task.epochs):
-            batch_in_epoch = 0
             tick = time.perf_counter()
-            for batch in task.train_batches(generator):
+            for batch_in_epoch, batch in enumerate(task.train_batches(generator), start=1):
                 optimizer.zero_grad(set_to_none=True)
                 loss = task.loss(task.model, batch)
                 loss.backward()
@@ -158,7 +178,6 @@ def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
                 state["loss_sum"] = state["loss_sum"] + loss.detach().float().cpu()
                 state["loss_count"] += 1
                 state["step"] += 1
-                batch_in_epoch += 1
                 bar.update(1)
                 if batch_in_epoch in checkpoints and batch_in_epoch != steps_per_epoch:
                     clock["train"] += time.perf_counter() - tick
@@ -179,27 +198,33 @@ def run(spec: RunSpec, *, data_dir: str | None = None, progress: bool = False,
             sink.close()
 
     last = history[-1]
-    return finite_or_none({
-        "format": RECORD_FORMAT,
-        "key": spec.key(),
-        "spec": spec.to_dict(),
-        "optimizer_name": optimizer_name,
-        "optimizer_arguments": arguments,
-        "problem_info": dict(task.info),
-        "metric": task.metric,
-        "higher_is_better": task.higher_is_better,
-        "epochs": task.epochs,
-        "history": history,
-        "final": {key: last[key] for key in ("train_loss", "valid_loss", "valid_metric",
-                                             "test_loss", "test_metric")},
-        "diverged": diverged,
-        "steps": state["step"],
-        "wall_seconds": time.perf_counter() - started,
-        "train_seconds": clock["train"],
-        "optimizer_seconds": clock["optimizer"],
-        "machine": machine_info(),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })
+    return finite_or_none(
+        {
+            "format": RECORD_FORMAT,
+            "key": spec.key(),
+            "spec": spec.to_dict(),
+            "optimizer_name": optimizer_name,
+            "optimizer_arguments": arguments,
+            "problem_info": dict(task.info),
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+            "epochs": task.epochs,
+            "history": history,
+            "final": {
+                key: last[key]
+                for key in ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
+            },
+            "diverged": diverged,
+            "steps": state["step"],
+            "wall_seconds": time.perf_counter() - started,
+            "train_seconds": clock["train"],
+            "optimizer_seconds": clock["optimizer"],
+            "machine": machine_info(),
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        }
+    )
 
 
 def _diverged(point: Mapping[str, Any]) -> bool:
@@ -230,6 +255,7 @@ TIMING_KEYS = ("wall_seconds", "train_seconds", "optimizer_seconds", "finished_a
 def without_timings(record: Mapping[str, Any]) -> dict[str, Any]:
     """The record minus everything that depends on the clock (for determinism checks)."""
     stripped = {k: v for k, v in record.items() if k not in TIMING_KEYS}
-    stripped["history"] = [{k: v for k, v in point.items() if k != "train_seconds"}
-                           for point in record["history"]]
+    stripped["history"] = [
+        {k: v for k, v in point.items() if k != "train_seconds"} for point in record["history"]
+    ]
     return stripped

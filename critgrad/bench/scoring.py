@@ -59,8 +59,14 @@ def better(a: float, b: float, higher_is_better: bool) -> bool:
     return a > b if higher_is_better else a < b
 
 
-def select(runs_by_config: Mapping[str, Sequence[Record]], *, split: str, reduce: str,
-           higher_is_better: bool, seeds: Sequence[int] | None = None) -> str | None:
+def select(
+    runs_by_config: Mapping[str, Sequence[Record]],
+    *,
+    split: str,
+    reduce: str,
+    higher_is_better: bool,
+    seeds: Sequence[int] | None = None,
+) -> str | None:
     """The configuration with the best mean score over ``seeds`` (all seeds when None).
 
     ``runs_by_config`` is ordered: on a tie the first configuration wins. Configurations without
@@ -68,8 +74,9 @@ def select(runs_by_config: Mapping[str, Sequence[Record]], *, split: str, reduce
     """
     chosen, chosen_score = None, None
     for config, runs in runs_by_config.items():
-        scored = [run_score(r, split, reduce) for r in runs
-                  if seeds is None or r["spec"]["seed"] in seeds]
+        scored = [
+            run_score(r, split, reduce) for r in runs if seeds is None or r["spec"]["seed"] in seeds
+        ]
         if not scored:
             continue
         score = sum(scored) / len(scored)
@@ -119,8 +126,9 @@ def pair_target(final_valid_means: Sequence[float], higher_is_better: bool) -> f
     return min(finite) if higher_is_better else max(finite)
 
 
-def time_to_target(records: Sequence[Record], target: float,
-                   higher_is_better: bool) -> tuple[int, float] | None:
+def time_to_target(
+    records: Sequence[Record], target: float, higher_is_better: bool
+) -> tuple[int, float] | None:
     """(steps, seconds) at which the seed-averaged validation curve first reaches ``target``."""
     if not math.isfinite(target):
         return None
@@ -132,8 +140,11 @@ def time_to_target(records: Sequence[Record], target: float,
 
 def per_step_ms(records: Sequence[Record]) -> tuple[float, float]:
     """Median over runs of (optimizer.step() ms, whole training step ms) per step."""
-    rows = [(1e3 * r["optimizer_seconds"] / r["steps"], 1e3 * r["train_seconds"] / r["steps"])
-            for r in records if r.get("steps")]
+    rows = [
+        (1e3 * r["optimizer_seconds"] / r["steps"], 1e3 * r["train_seconds"] / r["steps"])
+        for r in records
+        if r.get("steps")
+    ]
     if not rows:
         return math.nan, math.nan
     return (statistics.median(row[0] for row in rows), statistics.median(row[1] for row in rows))

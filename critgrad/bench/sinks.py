@@ -16,8 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-DEFAULTS = {"tensorboard": False, "wandb": False, "dir": "logs", "wandb_project": "critgrad",
-            "wandb_mode": "offline"}
+DEFAULTS = {
+    "tensorboard": False,
+    "wandb": False,
+    "dir": "logs",
+    "wandb_project": "critgrad",
+    "wandb_mode": "offline",
+}
 SCALARS = ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
 
 
@@ -48,8 +53,9 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RuntimeError("TensorBoard logging needs `pip install tensorboard` "
-                               "(or critgrad[logging])") from None
+            raise RuntimeError(
+                "TensorBoard logging needs `pip install tensorboard` (or critgrad[logging])"
+            ) from None
         self._writer = SummaryWriter(log_dir=str(directory / "tensorboard" / name))
 
     def log(self, point: Mapping[str, Any]) -> None:
@@ -58,8 +64,9 @@ class TensorBoardSink:
                 self._writer.add_scalar(key.replace("_", "/", 1), point[key], point["step"])
         memory = point.get("memory")
         if memory and memory.get("offered"):
-            self._writer.add_scalar("memory/admitted_fraction",
-                                    memory["admitted"] / memory["offered"], point["step"])
+            self._writer.add_scalar(
+                "memory/admitted_fraction", memory["admitted"] / memory["offered"], point["step"]
+            )
 
     def close(self) -> None:
         self._writer.close()
@@ -74,8 +81,14 @@ class WandbSink:
         except ImportError:
             raise RuntimeError("W&B logging needs `pip install wandb`") from None
         directory.mkdir(parents=True, exist_ok=True)
-        self._run = wandb.init(project=project, name=name, dir=str(directory), mode=mode,
-                               config=spec.to_dict(), reinit=True)
+        self._run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(directory),
+            mode=mode,
+            config=spec.to_dict(),
+            reinit=True,
+        )
 
     def log(self, point: Mapping[str, Any]) -> None:
         values = {key: point[key] for key in SCALARS if point.get(key) is not None}
@@ -94,6 +107,7 @@ def open_sinks(config: Mapping[str, Any] | None, spec) -> list[Sink]:
     if config["tensorboard"]:
         sinks.append(TensorBoardSink(directory, name))
     if config["wandb"]:
-        sinks.append(WandbSink(directory, name, config["wandb_project"], config["wandb_mode"],
-                               spec))
+        sinks.append(
+            WandbSink(directory, name, config["wandb_project"], config["wandb_mode"], spec)
+        )
     return sinks

@@ -38,6 +38,7 @@ A sweep file (TOML or YAML) looks like::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -58,9 +59,24 @@ EXECUTORS = ("inline", "local", "submitit")
 # One torch thread per run: MNIST-scale models gain nothing from more, and on a shared machine
 # several multi-threaded processes slow each other down by an order of magnitude (measured here).
 DEFAULT_EXECUTOR = {"kind": "local", "workers": 2, "threads": 1}
-_TOP_LEVEL_KEYS = {"problems", "optimizers", "seeds", "protocol", "size", "evals_per_epoch", "out",
-                   "data_dir", "overrides", "fair", "paper", "fixed", "hyperparameters",
-                   "executor", "submitit", "sinks"}
+_TOP_LEVEL_KEYS = {
+    "problems",
+    "optimizers",
+    "seeds",
+    "protocol",
+    "size",
+    "evals_per_epoch",
+    "out",
+    "data_dir",
+    "overrides",
+    "fair",
+    "paper",
+    "fixed",
+    "hyperparameters",
+    "executor",
+    "submitit",
+    "sinks",
+}
 
 Log = Callable[[str], None]
 
@@ -91,6 +107,7 @@ class Sweep:
 
 
 # ---- configuration files ------------------------------------------------------------------------
+
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) sweep file as a dict."""
@@ -136,8 +153,9 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
     """Validate a sweep file's contents (every unknown key or bad value is an error naming it)."""
     unknown = sorted(set(data) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise ValueError(f"unknown key(s) in the sweep file: {unknown}; allowed: "
-                         f"{sorted(_TOP_LEVEL_KEYS)}")
+        raise ValueError(
+            f"unknown key(s) in the sweep file: {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}"
+        )
     for key in ("problems", "optimizers"):
         if not isinstance(data.get(key), list) or not data[key]:
             raise ValueError(f"{key} must be a non-empty list")
@@ -147,29 +165,37 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
     optimizers = [str(o) for o in data["optimizers"]]
     extra = _table(data, "hyperparameters")
     if name == "fair":
-        options = _table(data, "fair", {"lrs", "tune_seeds", "memory_search", "topCs", "decays",
-                                        "memory", "sample_seed"})
-        protocol = protocols.fair(optimizers, seeds=data.get("seeds", protocols.FAIR_SEEDS),
-                                  extra=extra, **options)
+        options = _table(
+            data,
+            "fair",
+            {"lrs", "tune_seeds", "memory_search", "topCs", "decays", "memory", "sample_seed"},
+        )
+        protocol = protocols.fair(
+            optimizers, seeds=data.get("seeds", protocols.FAIR_SEEDS), extra=extra, **options
+        )
     elif name == "paper":
         options = _table(data, "paper", {"lrs", "decays", "topCs", "kappa"})
-        protocol = protocols.paper(optimizers, seeds=data.get("seeds", protocols.PAPER_SEEDS),
-                                   extra=extra, **options)
+        protocol = protocols.paper(
+            optimizers, seeds=data.get("seeds", protocols.PAPER_SEEDS), extra=extra, **options
+        )
     else:
         given = _table(data, "fixed", set(optimizers))
         configs = protocols.default_configs(optimizers)
         for label in optimizers:
-            configs[label] = {**configs[label],
-                              **protocols.extra_hyperparameters(extra, label),
-                              **given.get(label, {})}
+            configs[label] = {
+                **configs[label],
+                **protocols.extra_hyperparameters(extra, label),
+                **given.get(label, {}),
+            }
         protocol = protocols.fixed(configs, seeds=data.get("seeds", protocols.FAIR_SEEDS))
     executor = {**DEFAULT_EXECUTOR, **_table(data, "executor", set(DEFAULT_EXECUTOR))}
     if executor["kind"] not in EXECUTORS:
         raise ValueError(f"executor kind must be one of {EXECUTORS}, got {executor['kind']!r}")
     for key in ("workers", "threads"):
         value = executor[key]
-        if not (value is None and key == "threads") and (not isinstance(value, int)
-                                                         or isinstance(value, bool) or value < 1):
+        if not (value is None and key == "threads") and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise ValueError(f"executor {key} must be an integer >= 1, got {value!r}")
     evals = data.get("evals_per_epoch", 1)
     if not isinstance(evals, int) or evals < 1:
@@ -177,11 +203,18 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
     destination = out or data.get("out")
     if not destination:
         raise ValueError("no output folder: set `out` in the sweep file or pass --out")
-    sweep = Sweep(problems=[str(p) for p in data["problems"]], protocol=protocol,
-                  out=Path(destination), size=str(data.get("size", "cpu")),
-                  overrides=_table(data, "overrides"), evals_per_epoch=evals,
-                  data_dir=data.get("data_dir"), executor=executor,
-                  submitit=_table(data, "submitit"), sinks=_table(data, "sinks"))
+    sweep = Sweep(
+        problems=[str(p) for p in data["problems"]],
+        protocol=protocol,
+        out=Path(destination),
+        size=str(data.get("size", "cpu")),
+        overrides=_table(data, "overrides"),
+        evals_per_epoch=evals,
+        data_dir=data.get("data_dir"),
+        executor=executor,
+        submitit=_table(data, "submitit"),
+        sinks=_table(data, "sinks"),
+    )
     from critgrad.bench import sinks as sink_module
 
     sink_module.check_config(sweep.sinks)
@@ -190,6 +223,7 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
 
 # ---- checks before anything runs ----------------------------------------------------------------
 
+
 def preflight(sweep: Sweep) -> None:
     """Fail before the first run: unknown problem or size, missing data, bad hyperparameters."""
     import torch
@@ -197,24 +231,32 @@ def preflight(sweep: Sweep) -> None:
     from critgrad.bench.datasets import locate
     from critgrad.bench.problems import get_problem
 
-    stray = sorted(key for key, value in sweep.overrides.items()
-                   if isinstance(value, Mapping) and key not in sweep.problems)
+    stray = sorted(
+        key
+        for key, value in sweep.overrides.items()
+        if isinstance(value, Mapping) and key not in sweep.problems
+    )
     if stray:
-        raise ValueError(f"overrides for {stray}, which the sweep does not run; its problems: "
-                         f"{', '.join(sweep.problems)}")
+        raise ValueError(
+            f"overrides for {stray}, which the sweep does not run; its problems: "
+            f"{', '.join(sweep.problems)}"
+        )
     for name in sweep.problems:
         spec = get_problem(name)
         if sweep.size not in spec.sizes:
-            raise ValueError(f"size must be one of {sorted(spec.sizes)} for {name}, "
-                             f"got {sweep.size!r}")
+            raise ValueError(
+                f"size must be one of {sorted(spec.sizes)} for {name}, got {sweep.size!r}"
+            )
         unknown = sorted(set(sweep.problem_overrides(name)) - set(spec.sizes[sweep.size]))
         if unknown:  # a typo would otherwise be ignored silently
-            raise ValueError(f"unknown setting(s) {unknown} for problem {name}; its settings: "
-                             f"{', '.join(sorted(spec.sizes[sweep.size]))}")
-        try:
+            raise ValueError(
+                f"unknown setting(s) {unknown} for problem {name}; its settings: "
+                f"{', '.join(sorted(spec.sizes[sweep.size]))}"
+            )
+        with contextlib.suppress(
+            KeyError
+        ):  # a loader without a locator reports missing data itself
             locate(spec.dataset, sweep.data_dir)
-        except KeyError:
-            pass  # a loader without a locator: its own build reports missing data
     probe = [torch.nn.Parameter(torch.zeros(2))]
     for label, configs in sweep.protocol.configs.items():
         for config in configs:
@@ -226,9 +268,15 @@ def preflight(sweep: Sweep) -> None:
 
 # ---- execution ----------------------------------------------------------------------------------
 
-def execute_one(spec_data: Mapping[str, Any], run_dir: str, data_dir: str | None = None,
-                sink_config: Mapping[str, Any] | None = None, threads: int | None = None,
-                progress: bool = False) -> dict[str, Any]:
+
+def execute_one(
+    spec_data: Mapping[str, Any],
+    run_dir: str,
+    data_dir: str | None = None,
+    sink_config: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run one spec and write its record; returns a short summary. Runs in workers too."""
     import torch
 
@@ -250,9 +298,11 @@ def _safe_execute_one(*args) -> dict[str, Any]:
     """execute_one that reports an error instead of raising (one bad run must not stop a pool)."""
     try:
         return execute_one(*args)
-    except Exception as error:  # noqa: BLE001 - reported to the user with the run it belongs to
-        return {"key": RunSpec.from_dict(args[0]).key(), "error": f"{type(error).__name__}: "
-                f"{' '.join(str(error).split())}"}
+    except Exception as error:
+        return {
+            "key": RunSpec.from_dict(args[0]).key(),
+            "error": f"{type(error).__name__}: {' '.join(str(error).split())}",
+        }
 
 
 @dataclasses.dataclass
@@ -262,8 +312,9 @@ class Outcome:
     failed: list[str] = dataclasses.field(default_factory=list)
 
 
-def pending(specs: Sequence[RunSpec], run_dir: str | os.PathLike,
-            log: Log = _stderr) -> tuple[list[RunSpec], int]:
+def pending(
+    specs: Sequence[RunSpec], run_dir: str | os.PathLike, log: Log = _stderr
+) -> tuple[list[RunSpec], int]:
     """Specs without a finished record (broken records are reported and counted as pending)."""
     todo, skipped, seen = [], 0, set()
     for spec in specs:
@@ -280,11 +331,20 @@ def pending(specs: Sequence[RunSpec], run_dir: str | os.PathLike,
     return todo, skipped
 
 
-def execute(specs: Sequence[RunSpec], run_dir: str | os.PathLike, *, kind: str = "inline",
-            workers: int = 1, threads: int | None = 1, data_dir: str | None = None,
-            sink_config: Mapping[str, Any] | None = None,
-            submitit_params: Mapping[str, Any] | None = None, progress: bool = False,
-            log: Log = _stderr, outcome: Outcome | None = None) -> Outcome:
+def execute(
+    specs: Sequence[RunSpec],
+    run_dir: str | os.PathLike,
+    *,
+    kind: str = "inline",
+    workers: int = 1,
+    threads: int | None = 1,
+    data_dir: str | None = None,
+    sink_config: Mapping[str, Any] | None = None,
+    submitit_params: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    log: Log = _stderr,
+    outcome: Outcome | None = None,
+) -> Outcome:
     """Run the specs that have no record yet, with the chosen executor.
 
     Counts go into ``outcome`` (a new one by default) as runs finish, so that a caller still has
@@ -299,8 +359,9 @@ def execute(specs: Sequence[RunSpec], run_dir: str | os.PathLike, *, kind: str =
     outcome.skipped += skipped
     if not todo:
         return outcome
-    arguments = [(spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads)
-                 for spec in todo]
+    arguments = [
+        (spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads) for spec in todo
+    ]
     bar = _bar(progress and len(todo) > 1, len(todo), f"runs ({skipped} already done)")
 
     def collect(summary: Mapping[str, Any]) -> None:
@@ -351,17 +412,18 @@ def _pool_run(arguments: list[tuple], workers: int):
         pool.join()
 
 
-def _submitit_run(arguments: list[tuple], run_dir: str,
-                  params: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _submitit_run(
+    arguments: list[tuple], run_dir: str, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     try:
         import submitit
     except ImportError:
-        raise RuntimeError("the submitit executor needs `pip install submitit` "
-                           "(or critgrad[cluster])") from None
+        raise RuntimeError(
+            "the submitit executor needs `pip install submitit` (or critgrad[cluster])"
+        ) from None
     params = dict(params)
     cluster = params.pop("cluster", None)  # None: SLURM when available
-    executor = submitit.AutoExecutor(folder=str(Path(run_dir) / "submitit" / "%j"),
-                                     cluster=cluster)
+    executor = submitit.AutoExecutor(folder=str(Path(run_dir) / "submitit" / "%j"), cluster=cluster)
     if params:
         executor.update_parameters(**params)
     columns = list(zip(*arguments))
@@ -370,10 +432,14 @@ def _submitit_run(arguments: list[tuple], run_dir: str,
     for job, args in zip(jobs, arguments):
         try:
             summaries.append(job.result())
-        except Exception as error:  # noqa: BLE001 - a job that died (node failure, timeout)
-            summaries.append({"key": RunSpec.from_dict(args[0]).key(),
-                              "error": f"job {job.job_id}: {type(error).__name__}: "
-                                       f"{' '.join(str(error).split())[:300]}"})
+        except Exception as error:
+            summaries.append(
+                {
+                    "key": RunSpec.from_dict(args[0]).key(),
+                    "error": f"job {job.job_id}: {type(error).__name__}: "
+                    f"{' '.join(str(error).split())[:300]}",
+                }
+            )
     return summaries
 
 
@@ -385,17 +451,28 @@ def _bar(enabled: bool, total: int, description: str):
 
 # ---- the staged sweep ---------------------------------------------------------------------------
 
-def matching_records(all_records: Sequence[Mapping[str, Any]], problem: str, size: str,
-                     overrides: Mapping[str, Any], evals_per_epoch: int) -> list[Mapping]:
+
+def matching_records(
+    all_records: Sequence[Mapping[str, Any]],
+    problem: str,
+    size: str,
+    overrides: Mapping[str, Any],
+    evals_per_epoch: int,
+) -> list[Mapping]:
     """The records of ``problem`` run at this size, with these overrides and evaluation count."""
-    return [r for r in all_records
-            if r["spec"]["problem"] == problem and r["spec"]["size"] == size
-            and r["spec"]["overrides"] == dict(overrides)
-            and r["spec"]["evals_per_epoch"] == evals_per_epoch]
+    return [
+        r
+        for r in all_records
+        if r["spec"]["problem"] == problem
+        and r["spec"]["size"] == size
+        and r["spec"]["overrides"] == dict(overrides)
+        and r["spec"]["evals_per_epoch"] == evals_per_epoch
+    ]
 
 
-def group_by_config(problem_records: Sequence[Mapping[str, Any]], label: str,
-                    configs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping]]:
+def group_by_config(
+    problem_records: Sequence[Mapping[str, Any]], label: str, configs: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Mapping]]:
     """The records of ``label``, grouped by configuration, in the protocol's configuration order."""
     groups: dict[str, list[Mapping]] = {scoring.config_id(c): [] for c in configs}
     for record in problem_records:
@@ -408,17 +485,23 @@ def group_by_config(problem_records: Sequence[Mapping[str, Any]], label: str,
     return groups
 
 
-def selected_configs(problem_records: Sequence[Mapping[str, Any]],
-                     protocol: Protocol) -> dict[str, str | None]:
+def selected_configs(
+    problem_records: Sequence[Mapping[str, Any]], protocol: Protocol
+) -> dict[str, str | None]:
     """Each optimizer label's selected configuration id (None when nothing has run)."""
     if not problem_records:
-        return {label: None for label in protocol.configs}
+        return dict.fromkeys(protocol.configs)
     higher = problem_records[0]["higher_is_better"]
-    return {label: scoring.select(group_by_config(problem_records, label, configs),
-                                  split=protocol.selection_split,
-                                  reduce=protocol.selection_reduce, higher_is_better=higher,
-                                  seeds=protocol.tune_seeds)
-            for label, configs in protocol.configs.items()}
+    return {
+        label: scoring.select(
+            group_by_config(problem_records, label, configs),
+            split=protocol.selection_split,
+            reduce=protocol.selection_reduce,
+            higher_is_better=higher,
+            seeds=protocol.tune_seeds,
+        )
+        for label, configs in protocol.configs.items()
+    }
 
 
 def final_specs(sweep: Sweep, problem: str, problem_records: Sequence[Mapping]) -> list[RunSpec]:
@@ -429,9 +512,17 @@ def final_specs(sweep: Sweep, problem: str, problem_records: Sequence[Mapping]) 
         if chosen is None:
             continue
         for seed in sweep.protocol.seeds:
-            specs.append(RunSpec(problem=problem, optimizer=label,
-                                 hyperparameters=json.loads(chosen), seed=seed, size=sweep.size,
-                                 overrides=overrides, evals_per_epoch=sweep.evals_per_epoch))
+            specs.append(
+                RunSpec(
+                    problem=problem,
+                    optimizer=label,
+                    hyperparameters=json.loads(chosen),
+                    seed=seed,
+                    size=sweep.size,
+                    overrides=overrides,
+                    evals_per_epoch=sweep.evals_per_epoch,
+                )
+            )
     return specs
 
 
@@ -442,12 +533,21 @@ def _now() -> str:
 def write_manifest(sweep: Sweep, sessions: list[dict[str, Any]], command: str | None) -> None:
     from critgrad.bench.runner import machine_info
 
-    records.atomic_write_json(sweep.out / records.MANIFEST_NAME, {
-        "protocol": sweep.protocol.to_dict(), "problems": sweep.problems, "size": sweep.size,
-        "overrides": {p: sweep.problem_overrides(p) for p in sweep.problems},
-        "evals_per_epoch": sweep.evals_per_epoch, "executor": sweep.executor,
-        "machine": machine_info(), "command": command, "sessions": sessions,
-        "wall_seconds": sum(s.get("wall_seconds") or 0.0 for s in sessions)})
+    records.atomic_write_json(
+        sweep.out / records.MANIFEST_NAME,
+        {
+            "protocol": sweep.protocol.to_dict(),
+            "problems": sweep.problems,
+            "size": sweep.size,
+            "overrides": {p: sweep.problem_overrides(p) for p in sweep.problems},
+            "evals_per_epoch": sweep.evals_per_epoch,
+            "executor": sweep.executor,
+            "machine": machine_info(),
+            "command": command,
+            "sessions": sessions,
+            "wall_seconds": sum(s.get("wall_seconds") or 0.0 for s in sessions),
+        },
+    )
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -460,39 +560,54 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         raise ValueError(f"{path} is broken ({error}); move it away to report without it") from None
 
 
-def run_sweep(sweep: Sweep, *, progress: bool = True, command: str | None = None,
-              log: Log = _stderr) -> Outcome:
+def run_sweep(
+    sweep: Sweep, *, progress: bool = True, command: str | None = None, log: Log = _stderr
+) -> Outcome:
     """Both stages for every problem; resumable; the manifest records each session's wall time."""
     preflight(sweep)
     previous = read_manifest(sweep.out) if (sweep.out / records.MANIFEST_NAME).exists() else None
     sessions = list(previous["sessions"]) if previous else []
     if previous and previous["protocol"]["configs"] != sweep.protocol.to_dict()["configs"]:
-        raise ValueError(f"{sweep.out} holds a sweep with another protocol or grid; "
-                         "use a new output folder")
+        raise ValueError(
+            f"{sweep.out} holds a sweep with another protocol or grid; use a new output folder"
+        )
     session = {"started": _now(), "finished": None, "wall_seconds": None, "ran": 0, "skipped": 0}
     sessions.append(session)
     write_manifest(sweep, sessions, command)
     started = time.perf_counter()
     outcome = Outcome()
-    settings = dict(kind=sweep.executor["kind"], workers=sweep.executor["workers"],
-                    threads=sweep.executor["threads"], data_dir=sweep.data_dir,
-                    sink_config=sweep.sinks, submitit_params=sweep.submitit, progress=progress,
-                    log=log)
+    settings = dict(
+        kind=sweep.executor["kind"],
+        workers=sweep.executor["workers"],
+        threads=sweep.executor["threads"],
+        data_dir=sweep.data_dir,
+        sink_config=sweep.sinks,
+        submitit_params=sweep.submitit,
+        progress=progress,
+        log=log,
+    )
     try:
         # Problem by problem, both stages each: a sweep stopped early leaves whole problems done.
         for problem in sweep.problems:
             overrides = sweep.problem_overrides(problem)
-            tuning = sweep.protocol.tuning_specs(problem, sweep.size, overrides,
-                                                 sweep.evals_per_epoch)
+            tuning = sweep.protocol.tuning_specs(
+                problem, sweep.size, overrides, sweep.evals_per_epoch
+            )
             execute(tuning, sweep.out, outcome=outcome, **settings)
             stored, _ = records.read_records(sweep.out)
             mine = matching_records(stored, problem, sweep.size, overrides, sweep.evals_per_epoch)
             planned = {spec.key() for spec in tuning}
-            final = [spec for spec in final_specs(sweep, problem, mine)
-                     if spec.key() not in planned]  # counted once, in stage 1
+            final = [
+                spec for spec in final_specs(sweep, problem, mine) if spec.key() not in planned
+            ]  # counted once, in stage 1
             execute(final, sweep.out, outcome=outcome, **settings)
     finally:
-        session.update(finished=_now(), wall_seconds=time.perf_counter() - started,
-                       ran=outcome.ran, skipped=outcome.skipped, failed=len(outcome.failed))
+        session.update(
+            finished=_now(),
+            wall_seconds=time.perf_counter() - started,
+            ran=outcome.ran,
+            skipped=outcome.skipped,
+            failed=len(outcome.failed),
+        )
         write_manifest(sweep, sessions, command)
     return outcome

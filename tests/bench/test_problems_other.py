@@ -9,21 +9,41 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from benchtools import write_tiny_mnist
+from fixtures_other import write_cifar, write_ptb, write_snli, write_svmlight, write_wikitext2
 
 from critgrad.bench import problems
 from critgrad.bench.datasets import text
 from critgrad.bench.problem import DataUnavailable
 from critgrad.bench.problems import convex, language, vision
 
-from benchtools import write_tiny_mnist
-from fixtures_other import write_cifar, write_ptb, write_snli, write_svmlight, write_wikitext2
-
-VISION_TINY = {"train_size": 150, "valid_size": 50, "test_size": 30, "batch_size": 25,
-               "eval_batch_size": 40, "epochs": 1}
-LM_TINY = {"train_tokens": None, "valid_tokens": None, "test_tokens": None, "batch_size": 4,
-           "eval_batch_size": 2, "bptt": 8, "embedding_dim": 16, "hidden_size": 16}
-SNLI_TINY = {"train_size": None, "valid_size": None, "test_size": None, "hidden_size": 16,
-             "classifier_size": 16, "batch_size": 25, "eval_batch_size": 16}
+VISION_TINY = {
+    "train_size": 150,
+    "valid_size": 50,
+    "test_size": 30,
+    "batch_size": 25,
+    "eval_batch_size": 40,
+    "epochs": 1,
+}
+LM_TINY = {
+    "train_tokens": None,
+    "valid_tokens": None,
+    "test_tokens": None,
+    "batch_size": 4,
+    "eval_batch_size": 2,
+    "bptt": 8,
+    "embedding_dim": 16,
+    "hidden_size": 16,
+}
+SNLI_TINY = {
+    "train_size": None,
+    "valid_size": None,
+    "test_size": None,
+    "hidden_size": 16,
+    "classifier_size": 16,
+    "batch_size": 25,
+    "eval_batch_size": 16,
+}
 CONVEX_TINY = {"rows": 100}
 
 
@@ -42,12 +62,22 @@ def _write(kind: str, root: Path) -> None:
 
 # name -> (data set, metric, higher is better, tiny overrides, Adam lr)
 PROBLEMS = {
-    "fashion-cnn": ("fashion-mnist", "accuracy", True,
-                    {**VISION_TINY, "train_size": 100, "valid_size": 20}, 3e-3),
+    "fashion-cnn": (
+        "fashion-mnist",
+        "accuracy",
+        True,
+        {**VISION_TINY, "train_size": 100, "valid_size": 20},
+        3e-3,
+    ),
     "cifar10-cnn": ("cifar10", "accuracy", True, VISION_TINY, 3e-3),
     "cifar10-resnet": ("cifar10", "accuracy", True, {**VISION_TINY, "depth": 8, "width": 4}, 3e-3),
-    "cifar100-cnn": ("cifar100", "accuracy", True,
-                     {**VISION_TINY, "valid_size": 100, "width": 2}, 3e-3),
+    "cifar100-cnn": (
+        "cifar100",
+        "accuracy",
+        True,
+        {**VISION_TINY, "valid_size": 100, "width": 2},
+        3e-3,
+    ),
     "ptb-lstm": ("ptb", "perplexity", False, LM_TINY, 1e-2),
     "wikitext2-lstm": ("wikitext2", "perplexity", False, LM_TINY, 1e-2),
     "snli-infersent": ("snli", "accuracy", True, SNLI_TINY, 1e-2),
@@ -89,22 +119,54 @@ def test_every_problem_is_registered_with_its_data_set_and_metric():
         assert set(spec.sizes) == {"cpu", "full"}
 
 
-@pytest.mark.parametrize("name, expected", [
-    # The paper's settings (experiments.md and the authors' scripts).
-    ("cifar10-cnn", {"train_size": 45_000, "valid_size": 5_000, "test_size": 10_000,
-                     "batch_size": 64, "epochs": 100, "grad_clip": 10.0}),
-    ("cifar10-resnet", {"batch_size": 64, "epochs": 100, "depth": 110}),
-    ("cifar100-cnn", {"train_size": 45_000, "valid_size": 5_000, "batch_size": 64,
-                      "epochs": 100}),
-    ("ptb-lstm", {"train_tokens": None, "batch_size": 20, "bptt": 35, "grad_clip": 0.25,
-                  "epochs": 50, "embedding_dim": 64, "hidden_size": 128}),
-    ("wikitext2-lstm", {"bptt": 35, "grad_clip": 0.25, "embedding_dim": 64, "hidden_size": 128}),
-    ("snli-infersent", {"train_size": None, "batch_size": 128, "epochs": 20, "hidden_size": 200}),
-    ("covtype-logreg", {"rows": 5_000, "test_fraction": 0.2, "l2": 0.01, "batch_size": 25,
-                        "epochs": 25}),
-    ("rcv1-logreg", {"rows": 5_000, "l2": 0.01, "batch_size": 25, "epochs": 25}),
-    ("mnist-convex", {"rows": 5_000, "l2": 0.01, "batch_size": 25, "epochs": 25}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # The paper's settings (experiments.md and the authors' scripts).
+        (
+            "cifar10-cnn",
+            {
+                "train_size": 45_000,
+                "valid_size": 5_000,
+                "test_size": 10_000,
+                "batch_size": 64,
+                "epochs": 100,
+                "grad_clip": 10.0,
+            },
+        ),
+        ("cifar10-resnet", {"batch_size": 64, "epochs": 100, "depth": 110}),
+        (
+            "cifar100-cnn",
+            {"train_size": 45_000, "valid_size": 5_000, "batch_size": 64, "epochs": 100},
+        ),
+        (
+            "ptb-lstm",
+            {
+                "train_tokens": None,
+                "batch_size": 20,
+                "bptt": 35,
+                "grad_clip": 0.25,
+                "epochs": 50,
+                "embedding_dim": 64,
+                "hidden_size": 128,
+            },
+        ),
+        (
+            "wikitext2-lstm",
+            {"bptt": 35, "grad_clip": 0.25, "embedding_dim": 64, "hidden_size": 128},
+        ),
+        (
+            "snli-infersent",
+            {"train_size": None, "batch_size": 128, "epochs": 20, "hidden_size": 200},
+        ),
+        (
+            "covtype-logreg",
+            {"rows": 5_000, "test_fraction": 0.2, "l2": 0.01, "batch_size": 25, "epochs": 25},
+        ),
+        ("rcv1-logreg", {"rows": 5_000, "l2": 0.01, "batch_size": 25, "epochs": 25}),
+        ("mnist-convex", {"rows": 5_000, "l2": 0.01, "batch_size": 25, "epochs": 25}),
+    ],
+)
 def test_full_size_is_the_paper_setting(name, expected):
     full = problems.get_problem(name).sizes["full"]
     assert {key: full[key] for key in expected} == expected
@@ -185,8 +247,9 @@ def test_language_batches_carry_the_hidden_state_within_an_epoch(data_root):
         assert torch.equal(previous.targets[-1], current.inputs[0])
     task.loss(task.model, batches[0])
     carried = task.loss(task.model, batches[1]).item()
-    fresh = task.loss(task.model, language.LanguageBatch(batches[1].inputs, batches[1].targets,
-                                                         first=True)).item()
+    fresh = task.loss(
+        task.model, language.LanguageBatch(batches[1].inputs, batches[1].targets, first=True)
+    ).item()
     assert carried != fresh
 
 
@@ -195,7 +258,8 @@ def test_convex_objective_is_cross_entropy_plus_l2_on_every_parameter(data_root)
     x, y = next(iter(task.train_batches(torch.Generator().manual_seed(0))))
     weight, bias = task.model.weight, task.model.bias
     expected = F.cross_entropy(x @ weight.T + bias, y) + 0.005 * (
-        weight.pow(2).sum() + bias.pow(2).sum())
+        weight.pow(2).sum() + bias.pow(2).sum()
+    )
     torch.testing.assert_close(task.loss(task.model, (x, y)), expected)
     valid, test = task.evaluate(task.model, "valid"), task.evaluate(task.model, "test")
     assert valid["metric"] == test["metric"] == valid["loss"]  # the training objective
@@ -204,11 +268,9 @@ def test_convex_objective_is_cross_entropy_plus_l2_on_every_parameter(data_root)
 
 
 def test_convex_rows_are_standardised_on_the_training_split(data_root):
-    data, _, _ = convex._svmlight_data("rcv1", {**convex.SETTINGS, **CONVEX_TINY},
-                                       str(data_root))
+    data, _, _ = convex._svmlight_data("rcv1", {**convex.SETTINGS, **CONVEX_TINY}, str(data_root))
     train_x = data["train"][0]
-    torch.testing.assert_close(train_x.mean(0), torch.zeros(train_x.shape[1]), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(train_x.mean(0), torch.zeros(train_x.shape[1]), atol=1e-5, rtol=0)
     stds = train_x.std(0, unbiased=False)
     assert torch.all((stds - 1).abs() < 1e-4)
 
@@ -222,19 +284,24 @@ def test_class_balanced_split_holds_out_the_same_count_of_each_class():
         vision.class_balanced_split(labels, 55, seed=1)
 
 
-@pytest.mark.parametrize("model, shape, output", [
-    (lambda: vision.LeNet(1, 10, side=28), (2, 1, 28, 28), (2, 10)),
-    (lambda: vision.LeNet(3, 10), (2, 3, 32, 32), (2, 10)),
-    (lambda: vision.CifarResNet(20, 10, 16), (2, 3, 32, 32), (2, 10)),
-    (lambda: vision.DeepConvNet(100, 4), (2, 3, 32, 32), (2, 100)),
-])
+@pytest.mark.parametrize(
+    "model, shape, output",
+    [
+        (lambda: vision.LeNet(1, 10, side=28), (2, 1, 28, 28), (2, 10)),
+        (lambda: vision.LeNet(3, 10), (2, 3, 32, 32), (2, 10)),
+        (lambda: vision.CifarResNet(20, 10, 16), (2, 3, 32, 32), (2, 10)),
+        (lambda: vision.DeepConvNet(100, 4), (2, 3, 32, 32), (2, 100)),
+    ],
+)
 def test_vision_models_shapes(model, shape, output):
     assert model()(torch.randn(shape)).shape == output
 
 
 def test_resnet_depth_is_the_he_et_al_count():
     resnet = vision.CifarResNet(20, 10, 16)
-    convs = [m for m in resnet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs = [
+        m for m in resnet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
     assert len(convs) + 1 == 20  # 19 3x3 convolutions + the classifier layer
     with pytest.raises(ValueError, match="6n\\+2"):
         vision.CifarResNet(18)

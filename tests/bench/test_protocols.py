@@ -32,7 +32,8 @@ def test_fair_fixed_memory_uses_the_recommended_values_on_the_same_lrs():
     assert protocol.configs["adam"] == [{"lr": 0.01}, {"lr": 0.001}]
     assert protocol.configs["adam_c"] == [
         {"topC": 10, "decay": 0.7, "kappa": 1.0, "lr": 0.01},
-        {"topC": 10, "decay": 0.7, "kappa": 1.0, "lr": 0.001}]
+        {"topC": 10, "decay": 0.7, "kappa": 1.0, "lr": 0.001},
+    ]
     assert "topC 10, decay 0.7" in protocol.notes
 
 
@@ -43,8 +44,9 @@ def test_fair_sampled_is_reproducible_and_inside_the_paper_grid():
     for config in first.configs["sgd_c"]:
         assert config["lr"] in (0.1, 0.01, 0.001)
         assert config["topC"] in protocols.PAPER_TOPCS and config["decay"] in protocols.PAPER_DECAYS
-    other = protocols.fair(["sgd", "sgd_c"], lrs=[0.1, 0.01, 0.001], memory_search="sampled",
-                           sample_seed=1)
+    other = protocols.fair(
+        ["sgd", "sgd_c"], lrs=[0.1, 0.01, 0.001], memory_search="sampled", sample_seed=1
+    )
     assert other.configs["sgd_c"] != first.configs["sgd_c"]
 
 
@@ -57,13 +59,20 @@ def test_paper_grid_and_its_imbalance_are_stated():
     assert "9x the budget" in protocol.notes and "TEST" in protocol.notes
     assert {c["kappa"] for c in protocol.configs["sgd_c"]} == {1.0}
     assert {(c["topC"], c["decay"]) for c in protocol.configs["sgd_c"]} == {
-        (t, d) for t in (5, 10, 20) for d in (0.7, 0.9, 0.99)}
+        (t, d) for t in (5, 10, 20) for d in (0.7, 0.9, 0.99)
+    }
 
 
 def test_extra_hyperparameters_reach_the_right_optimizers():
-    protocol = protocols.fair(["sgd", "sgd_c", "adam_c"], lrs=[0.1],
-                              extra={"all": {"weight_decay": 1e-4, "topC": 20},
-                                     "sgd": {"momentum": 0.5}, "adam_c": {"aggr": "sum"}})
+    protocol = protocols.fair(
+        ["sgd", "sgd_c", "adam_c"],
+        lrs=[0.1],
+        extra={
+            "all": {"weight_decay": 1e-4, "topC": 20},
+            "sgd": {"momentum": 0.5},
+            "adam_c": {"aggr": "sum"},
+        },
+    )
     assert protocol.configs["sgd"] == [{"weight_decay": 1e-4, "momentum": 0.5, "lr": 0.1}]
     assert protocol.configs["sgd_c"][0]["momentum"] == 0.5  # the twin follows its vanilla
     assert protocol.configs["sgd_c"][0]["topC"] == 20
@@ -79,17 +88,22 @@ def test_fixed_and_default_configs():
     assert "fewer than the 5" in protocol.notes
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: protocols.fair(["sgd", "nope"]), "unknown optimizer 'nope'"),
-    (lambda: protocols.fair([]), "optimizers must not be empty"),
-    (lambda: protocols.fair(["sgd", "sgd"]), "duplicates"),
-    (lambda: protocols.fair(["sgd"], seeds=[]), "seeds must not be empty"),
-    (lambda: protocols.fair(["sgd"], seeds=[1, 1]), "seeds has duplicates"),
-    (lambda: protocols.fair(["sgd"], lrs=[-0.1]), "lrs must be"),
-    (lambda: protocols.fair(["sgd"], memory_search="all"), "memory_search must be one of"),
-    (lambda: protocols.fair(["sgd_c"], lrs=[1, 2, 3], topCs=[], memory_search="sampled"),
-     "memory grid has 0 points"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: protocols.fair(["sgd", "nope"]), "unknown optimizer 'nope'"),
+        (lambda: protocols.fair([]), "optimizers must not be empty"),
+        (lambda: protocols.fair(["sgd", "sgd"]), "duplicates"),
+        (lambda: protocols.fair(["sgd"], seeds=[]), "seeds must not be empty"),
+        (lambda: protocols.fair(["sgd"], seeds=[1, 1]), "seeds has duplicates"),
+        (lambda: protocols.fair(["sgd"], lrs=[-0.1]), "lrs must be"),
+        (lambda: protocols.fair(["sgd"], memory_search="all"), "memory_search must be one of"),
+        (
+            lambda: protocols.fair(["sgd_c"], lrs=[1, 2, 3], topCs=[], memory_search="sampled"),
+            "memory grid has 0 points",
+        ),
+    ],
+)
 def test_invalid_protocol_arguments(call, match):
     with pytest.raises((ValueError, KeyError), match=match):
         call()
@@ -102,16 +116,28 @@ def test_protocol_round_trips_through_the_manifest_dict():
 
 # ---- selection arithmetic ------------------------------------------------------------------------
 
+
 def record(seed, valid_curve, test_curve, higher=True):
     history = [{"valid_metric": v, "test_metric": t} for v, t in zip(valid_curve, test_curve)]
-    return {"spec": {"seed": seed}, "higher_is_better": higher, "history": history,
-            "final": {"valid_metric": valid_curve[-1], "test_metric": test_curve[-1]}}
+    return {
+        "spec": {"seed": seed},
+        "higher_is_better": higher,
+        "history": history,
+        "final": {"valid_metric": valid_curve[-1], "test_metric": test_curve[-1]},
+    }
 
 
-@pytest.mark.parametrize("split, reduce, higher, expected", [
-    ("valid", "final", True, 0.8), ("valid", "best", True, 0.9), ("test", "final", True, 0.5),
-    ("test", "best", True, 0.7), ("valid", "best", False, 0.1), ("test", "best", False, 0.2),
-])
+@pytest.mark.parametrize(
+    "split, reduce, higher, expected",
+    [
+        ("valid", "final", True, 0.8),
+        ("valid", "best", True, 0.9),
+        ("test", "final", True, 0.5),
+        ("test", "best", True, 0.7),
+        ("valid", "best", False, 0.1),
+        ("test", "best", False, 0.2),
+    ],
+)
 def test_run_score(split, reduce, higher, expected):
     run = record(0, [0.1, 0.9, 0.8], [0.2, 0.7, 0.5], higher)
     assert scoring.run_score(run, split, reduce) == expected
@@ -124,24 +150,43 @@ def test_missing_or_nan_scores_worst(higher, expected):
     assert scoring.run_score(run, "test", "best") == expected
 
 
-@pytest.mark.parametrize("groups, higher, seeds, expected", [
-    ({"a": [record(0, [0.5], [0]), record(1, [0.9], [0])], "b": [record(0, [0.6], [0])]},
-     True, None, "a"),  # mean over seeds: a 0.7 beats b 0.6
-    ({"a": [record(0, [0.5], [0]), record(1, [0.9], [0])], "b": [record(0, [0.6], [0])]},
-     True, (0,), "b"),  # only seed 0 counts
-    ({"a": [record(0, [0.5], [0])], "b": [record(0, [0.5], [0])]}, True, None, "a"),  # tie
-    ({"a": [record(0, [0.5], [0], False)], "b": [record(0, [0.4], [0], False)]}, False, None,
-     "b"),
-    ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, "b"),
-    ({"a": []}, True, None, None),
-])
+@pytest.mark.parametrize(
+    "groups, higher, seeds, expected",
+    [
+        (
+            {"a": [record(0, [0.5], [0]), record(1, [0.9], [0])], "b": [record(0, [0.6], [0])]},
+            True,
+            None,
+            "a",
+        ),  # mean over seeds: a 0.7 beats b 0.6
+        (
+            {"a": [record(0, [0.5], [0]), record(1, [0.9], [0])], "b": [record(0, [0.6], [0])]},
+            True,
+            (0,),
+            "b",
+        ),  # only seed 0 counts
+        ({"a": [record(0, [0.5], [0])], "b": [record(0, [0.5], [0])]}, True, None, "a"),  # tie
+        (
+            {"a": [record(0, [0.5], [0], False)], "b": [record(0, [0.4], [0], False)]},
+            False,
+            None,
+            "b",
+        ),
+        ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, "b"),
+        ({"a": []}, True, None, None),
+    ],
+)
 def test_select(groups, higher, seeds, expected):
-    assert scoring.select(groups, split="valid", reduce="final", higher_is_better=higher,
-                          seeds=seeds) == expected
+    assert (
+        scoring.select(groups, split="valid", reduce="final", higher_is_better=higher, seeds=seeds)
+        == expected
+    )
 
 
-@pytest.mark.parametrize("values, mean, std", [
-    ([0.91, 0.92, 0.93], 0.92, 0.01), ([1.0, 3.0], 2.0, math.sqrt(2.0)), ([5.0], 5.0, math.nan)])
+@pytest.mark.parametrize(
+    "values, mean, std",
+    [([0.91, 0.92, 0.93], 0.92, 0.01), ([1.0, 3.0], 2.0, math.sqrt(2.0)), ([5.0], 5.0, math.nan)],
+)
 def test_mean_std(values, mean, std):
     m, s, n = scoring.mean_std(values)
     assert m == pytest.approx(mean) and n == len(values)

@@ -12,27 +12,61 @@ import pytest
 from critgrad.bench import records
 from critgrad.bench.records import RunSpec
 
-SPEC = RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, seed=3,
-               overrides={"epochs": 1})
+SPEC = RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, seed=3, overrides={"epochs": 1})
 
 
 def minimal_record(spec: RunSpec = SPEC, **extra) -> dict:
-    return {"format": records.RECORD_FORMAT, "key": spec.key(), "spec": spec.to_dict(),
-            "history": [{"step": 0, "valid_metric": 0.1}], "final": {"test_metric": 0.5},
-            **extra}
+    return {
+        "format": records.RECORD_FORMAT,
+        "key": spec.key(),
+        "spec": spec.to_dict(),
+        "history": [{"step": 0, "valid_metric": 0.1}],
+        "final": {"test_metric": 0.5},
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("other, same", [
-    (RunSpec("mnist-mlp", "adam_c", {"topC": 10, "lr": 1e-3}, 3, overrides={"epochs": 1}), True),
-    (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 4, overrides={"epochs": 1}), False),
-    (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 5}, 3, overrides={"epochs": 1}), False),
-    (RunSpec("mnist-mlp", "adam", {"lr": 1e-3, "topC": 10}, 3, overrides={"epochs": 1}), False),
-    (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 3, size="full",
-             overrides={"epochs": 1}), False),
-    (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 3), False),
-    (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 3, overrides={"epochs": 1},
-             evals_per_epoch=2), False),
-])
+@pytest.mark.parametrize(
+    "other, same",
+    [
+        (
+            RunSpec("mnist-mlp", "adam_c", {"topC": 10, "lr": 1e-3}, 3, overrides={"epochs": 1}),
+            True,
+        ),
+        (
+            RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 4, overrides={"epochs": 1}),
+            False,
+        ),
+        (
+            RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 5}, 3, overrides={"epochs": 1}),
+            False,
+        ),
+        (RunSpec("mnist-mlp", "adam", {"lr": 1e-3, "topC": 10}, 3, overrides={"epochs": 1}), False),
+        (
+            RunSpec(
+                "mnist-mlp",
+                "adam_c",
+                {"lr": 1e-3, "topC": 10},
+                3,
+                size="full",
+                overrides={"epochs": 1},
+            ),
+            False,
+        ),
+        (RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, 3), False),
+        (
+            RunSpec(
+                "mnist-mlp",
+                "adam_c",
+                {"lr": 1e-3, "topC": 10},
+                3,
+                overrides={"epochs": 1},
+                evals_per_epoch=2,
+            ),
+            False,
+        ),
+    ],
+)
 def test_key_depends_on_every_field_but_not_on_dict_order(other, same):
     assert (other.key() == SPEC.key()) is same
     assert len(SPEC.key()) == 16 and SPEC.file_name().startswith("mnist-mlp__adam_c__")
@@ -40,8 +74,10 @@ def test_key_depends_on_every_field_but_not_on_dict_order(other, same):
 
 def test_key_is_stable_across_versions_of_this_code():
     # A changed key would make every existing sweep rerun: change RECORD_FORMAT on purpose only.
-    canonical = ('{"evals_per_epoch":1,"format":1,"hyperparameters":{"lr":0.1},"optimizer":"sgd",'
-                 '"overrides":{},"problem":"p","seed":0,"size":"cpu"}')
+    canonical = (
+        '{"evals_per_epoch":1,"format":1,"hyperparameters":{"lr":0.1},"optimizer":"sgd",'
+        '"overrides":{},"problem":"p","seed":0,"size":"cpu"}'
+    )
     assert hashlib.sha256(canonical.encode()).hexdigest()[:16] == "7e547e31a6de499c"
     assert RunSpec("p", "sgd", {"lr": 0.1}, 0).key() == "7e547e31a6de499c"
 
@@ -71,13 +107,16 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.json"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("content, reason", [
-    ('{"format": 1, "spec": ', "Expecting value"),  # killed mid-write by something else
-    ("[]", "not a format-1 run record"),
-    ('{"format": 99}', "not a format-1 run record"),
-    ('{"format": 1, "spec": {"problem": "p"}, "history": [], "final": {}}', "missing or bad"),
-    ("\udcff", ""),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ('{"format": 1, "spec": ', "Expecting value"),  # killed mid-write by something else
+        ("[]", "not a format-1 run record"),
+        ('{"format": 99}', "not a format-1 run record"),
+        ('{"format": 1, "spec": {"problem": "p"}, "history": [], "final": {}}', "missing or bad"),
+        ("\udcff", ""),
+    ],
+)
 def test_broken_records_are_reported_not_fatal(tmp_path, content, reason):
     good = records.write_record(tmp_path, minimal_record())
     bad = tmp_path / SPEC.file_name().replace(SPEC.key(), "0" * 16)

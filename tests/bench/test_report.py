@@ -24,14 +24,21 @@ def test_selection_follows_the_validation_split(analysis):
     chosen = {label: item.config["lr"] for label, item in result.results.items()}
     assert chosen == {"sgd": 0.1, "sgd_c": 0.01, "adam": 0.01, "adam_c": 0.1}
     assert result.results["sgd_c"].config == {"lr": 0.01, "topC": 10, "decay": 0.7, "kappa": 1.0}
-    assert all(sorted(r["spec"]["seed"] for r in item.runs) == [0, 1, 2]
-               for item in result.results.values())
+    assert all(
+        sorted(r["spec"]["seed"] for r in item.runs) == [0, 1, 2]
+        for item in result.results.values()
+    )
 
 
-@pytest.mark.parametrize("label, mean, std, valid_mean", [
-    ("sgd", 0.92, 0.01, 0.91), ("sgd_c", 0.95, 0.01, 0.94),
-    ("adam", 0.98, 0.01, 0.98), ("adam_c", 0.96, 0.01, 0.96),
-])
+@pytest.mark.parametrize(
+    "label, mean, std, valid_mean",
+    [
+        ("sgd", 0.92, 0.01, 0.91),
+        ("sgd_c", 0.95, 0.01, 0.94),
+        ("adam", 0.98, 0.01, 0.98),
+        ("adam_c", 0.96, 0.01, 0.96),
+    ],
+)
 def test_reported_mean_and_std(analysis, label, mean, std, valid_mean):
     item = analysis.problems[0].results[label]
     assert item.reported[0] == pytest.approx(mean, abs=1e-12)
@@ -40,19 +47,28 @@ def test_reported_mean_and_std(analysis, label, mean, std, valid_mean):
     assert item.valid[0] == pytest.approx(valid_mean, abs=1e-12)
 
 
-@pytest.mark.parametrize("label, reached", [
-    ("sgd", (200, 2.1)), ("sgd_c", (100, 1.6)), ("adam", (100, 1.3)), ("adam_c", (200, 4.1))])
+@pytest.mark.parametrize(
+    "label, reached",
+    [("sgd", (200, 2.1)), ("sgd_c", (100, 1.6)), ("adam", (100, 1.3)), ("adam_c", (200, 4.1))],
+)
 def test_time_to_target(analysis, label, reached):
     result = analysis.problems[0]
-    assert result.targets["sgd"] == pytest.approx(0.91) and \
-        result.targets["adam"] == pytest.approx(0.96)
+    assert result.targets["sgd"] == pytest.approx(0.91) and result.targets["adam"] == pytest.approx(
+        0.96
+    )
     steps, seconds = result.results[label].time_to_target
     assert steps == reached[0] and seconds == pytest.approx(reached[1])
 
 
-@pytest.mark.parametrize("label, step_ms, train_ms, admitted", [
-    ("sgd", 1.0, 10.5, math.nan), ("sgd_c", 3.0, 15.5, 0.75), ("adam", 2.0, 12.5, math.nan),
-    ("adam_c", 5.0, 20.5, 0.75)])
+@pytest.mark.parametrize(
+    "label, step_ms, train_ms, admitted",
+    [
+        ("sgd", 1.0, 10.5, math.nan),
+        ("sgd_c", 3.0, 15.5, 0.75),
+        ("adam", 2.0, 12.5, math.nan),
+        ("adam_c", 5.0, 20.5, 0.75),
+    ],
+)
 def test_costs_and_memory(analysis, label, step_ms, train_ms, admitted):
     item = analysis.problems[0].results[label]
     assert item.step_ms == pytest.approx((step_ms, train_ms))
@@ -70,21 +86,29 @@ def test_markdown_table_marks_the_better_of_each_pair(analysis):
 
 def test_markdown_states_protocol_budget_seeds_machine_and_wall_time(analysis):
     text = report.markdown(analysis)
-    for expected in ("- Protocol: fair: 2 configurations per optimizer",
-                     "selection on the mean final validation metric over seeds [0]",
-                     "fewer than the 5 the fair protocol asks for",
-                     "- Budget (configurations per optimizer): SGD 2, SGD_C 2, Adam 2, Adam_C 2.",
-                     "- Seeds: 0, 1, 2.", "- Machine: fixture CPU, 2 cores, torch 2.13.0+cpu",
-                     "- Wall time: 55 s summed over this problem's runs; 60 s elapsed",
-                     "Reproduce: `critgrad sweep fixture.toml`",
-                     "Metric: test accuracy (%), final; higher is better."):
+    for expected in (
+        "- Protocol: fair: 2 configurations per optimizer",
+        "selection on the mean final validation metric over seeds [0]",
+        "fewer than the 5 the fair protocol asks for",
+        "- Budget (configurations per optimizer): SGD 2, SGD_C 2, Adam 2, Adam_C 2.",
+        "- Seeds: 0, 1, 2.",
+        "- Machine: fixture CPU, 2 cores, torch 2.13.0+cpu",
+        "- Wall time: 55 s summed over this problem's runs; 60 s elapsed",
+        "Reproduce: `critgrad sweep fixture.toml`",
+        "Metric: test accuracy (%), final; higher is better.",
+    ):
         assert expected in text
 
 
-@pytest.mark.parametrize("summary, expected", [
-    ((0.92, 0.01, 3), "92.00 ± 1.00"), ((0.5, math.nan, 1), "50.00 (n=1)"),
-    ((math.nan, math.nan, 2), "diverged"), ((math.nan, math.nan, 0), "-"),
-])
+@pytest.mark.parametrize(
+    "summary, expected",
+    [
+        ((0.92, 0.01, 3), "92.00 ± 1.00"),
+        ((0.5, math.nan, 1), "50.00 (n=1)"),
+        ((math.nan, math.nan, 2), "diverged"),
+        ((math.nan, math.nan, 0), "-"),
+    ],
+)
 def test_format_value(summary, expected):
     assert report.format_value("accuracy", summary) == expected
 
@@ -93,7 +117,8 @@ def test_lower_is_better_marks_the_smaller_mean():
     result = report.ProblemResult("p", "", "perplexity", False, {}, [], {}, 0.0, [0])
     for label, mean in (("adam", 120.0), ("adam_c", 110.0)):
         result.results[label] = report.OptimizerResult(
-            label, {}, [], {}, (mean, 1.0, 2), (mean, 1.0, 2), (1.0, 1.0), math.nan, None)
+            label, {}, [], {}, (mean, 1.0, 2), (mean, 1.0, 2), (1.0, 1.0), math.nan, None
+        )
     result.pairs = [("adam", "adam", "adam_c")]
     assert report.pair_rows(result)[0]["better"] == "_C"
     result.results["adam_c"].reported = (120.0, 1.0, 2)
@@ -101,7 +126,7 @@ def test_lower_is_better_marks_the_smaller_mean():
 
 
 def test_written_files_csv_and_plots(tmp_path):
-    analysis, text, path = report.write_report(FIXTURE, tmp_path)
+    _analysis, text, path = report.write_report(FIXTURE, tmp_path)
     assert path.read_text() == text
     with open(tmp_path / "table.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -152,10 +177,13 @@ def test_a_folder_without_manifest_is_reported_with_an_inferred_protocol(tmp_pat
     assert analysis.problems[0].results["adam"].config == {"lr": 0.01}
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda p: p, FileNotFoundError, "not found"),
-    (lambda p: p.mkdir() or p, ValueError, "no run records"),
-])
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda p: p, FileNotFoundError, "not found"),
+        (lambda p: p.mkdir() or p, ValueError, "no run records"),
+    ],
+)
 def test_report_errors(tmp_path, make, error, match):
     with pytest.raises(error, match=match):
         report.analyse(make(tmp_path / "empty"))

@@ -19,8 +19,14 @@ RUNS = {  # label -> hyperparameters; every family of the main job
 
 
 def spec(label, overrides, **fields):
-    return RunSpec("mnist-logreg", label, RUNS[label], seed=fields.pop("seed", 7),
-                   overrides=overrides, **fields)
+    return RunSpec(
+        "mnist-logreg",
+        label,
+        RUNS[label],
+        seed=fields.pop("seed", 7),
+        overrides=overrides,
+        **fields,
+    )
 
 
 @pytest.mark.parametrize("label", sorted(RUNS))
@@ -33,8 +39,7 @@ def test_same_spec_gives_the_same_record(label, mnist_dir, tiny_overrides):
 
 
 def test_record_contents(mnist_dir, tiny_overrides):
-    record = runner.run(spec("adam_c", tiny_overrides, evals_per_epoch=2),
-                        data_dir=str(mnist_dir))
+    record = runner.run(spec("adam_c", tiny_overrides, evals_per_epoch=2), data_dir=str(mnist_dir))
     assert record["optimizer_name"] == "adam_c"
     assert record["optimizer_arguments"] == RUNS["adam_c"]
     assert record["steps"] == 8 and record["epochs"] == 2 and not record["diverged"]
@@ -49,8 +54,10 @@ def test_record_contents(mnist_dir, tiny_overrides):
     assert record["final"]["test_metric"] == history[-1]["test_metric"]
     memory = history[-1]["memory"]
     # Every step offers each tensor's gradient (weight and bias) or the group's key.
-    assert memory["offered"] in (8, 16) and memory["admitted"] + memory["rejected"] <= \
-        memory["offered"]
+    assert (
+        memory["offered"] in (8, 16)
+        and memory["admitted"] + memory["rejected"] <= memory["offered"]
+    )
     assert memory["nonfinite"] == 0 and memory["mean_age"] >= 0
     assert record["machine"]["torch"] == torch.__version__
     assert record["problem_info"]["train_size"] == 100
@@ -62,17 +69,29 @@ def test_vanilla_optimizer_has_no_memory_statistics(mnist_dir, tiny_overrides):
 
 
 def test_divergence_stops_the_run_and_is_recorded(mnist_dir, tiny_overrides):
-    diverging = RunSpec("mnist-logreg", "sgd", {"lr": 1e38}, 0,
-                        overrides={**tiny_overrides, "grad_clip": None, "epochs": 3})
+    diverging = RunSpec(
+        "mnist-logreg",
+        "sgd",
+        {"lr": 1e38},
+        0,
+        overrides={**tiny_overrides, "grad_clip": None, "epochs": 3},
+    )
     record = runner.run(diverging, data_dir=str(mnist_dir))
     assert record["diverged"] and record["steps"] < 12
     assert record["final"]["train_loss"] is None  # non-finite stored as null
     assert all(not isinstance(v, float) or math.isfinite(v) for v in record["final"].values())
 
 
-@pytest.mark.parametrize("steps, evals, expected", [
-    (10, 1, [10]), (10, 2, [5, 10]), (10, 3, [3, 7, 10]), (3, 5, [1, 2, 3]), (1, 4, [1]),
-])
+@pytest.mark.parametrize(
+    "steps, evals, expected",
+    [
+        (10, 1, [10]),
+        (10, 2, [5, 10]),
+        (10, 3, [3, 7, 10]),
+        (3, 5, [1, 2, 3]),
+        (1, 4, [1]),
+    ],
+)
 def test_evaluation_steps(steps, evals, expected):
     assert runner.evaluation_steps(steps, evals) == expected
 
@@ -82,44 +101,83 @@ def test_evaluation_steps_rejects_zero():
         runner.evaluation_steps(10, 0)
 
 
-@pytest.mark.parametrize("stats, expected", [
-    (None, None),
-    ([], None),
-    ([{"offered": 4, "admitted": 3, "rejected": 1, "nonfinite": 0, "mean_age": 2.0,
-       "max_age": 5, "last_key": 1.5},
-      {"offered": 2, "admitted": 2, "rejected": 0, "nonfinite": 1, "mean_age": None,
-       "max_age": 7, "last_key": 0.5}],
-     {"offered": 6, "admitted": 5, "rejected": 1, "nonfinite": 1, "mean_age": 2.0,
-      "max_age": 7}),
-    ([{"offered": 1, "admitted": 1, "rejected": 0, "nonfinite": 0, "mean_age": 1.0},
-      {"offered": 1, "admitted": 1, "rejected": 0, "nonfinite": 0, "mean_age": 3.0}],
-     {"offered": 2, "admitted": 2, "rejected": 0, "nonfinite": 0, "mean_age": 2.0}),
-])
+@pytest.mark.parametrize(
+    "stats, expected",
+    [
+        (None, None),
+        ([], None),
+        (
+            [
+                {
+                    "offered": 4,
+                    "admitted": 3,
+                    "rejected": 1,
+                    "nonfinite": 0,
+                    "mean_age": 2.0,
+                    "max_age": 5,
+                    "last_key": 1.5,
+                },
+                {
+                    "offered": 2,
+                    "admitted": 2,
+                    "rejected": 0,
+                    "nonfinite": 1,
+                    "mean_age": None,
+                    "max_age": 7,
+                    "last_key": 0.5,
+                },
+            ],
+            {
+                "offered": 6,
+                "admitted": 5,
+                "rejected": 1,
+                "nonfinite": 1,
+                "mean_age": 2.0,
+                "max_age": 7,
+            },
+        ),
+        (
+            [
+                {"offered": 1, "admitted": 1, "rejected": 0, "nonfinite": 0, "mean_age": 1.0},
+                {"offered": 1, "admitted": 1, "rejected": 0, "nonfinite": 0, "mean_age": 3.0},
+            ],
+            {"offered": 2, "admitted": 2, "rejected": 0, "nonfinite": 0, "mean_age": 2.0},
+        ),
+    ],
+)
 def test_summarise_memory(stats, expected):
     assert runner.summarise_memory(stats) == expected
 
 
-@pytest.mark.parametrize("label, hyper, name, arguments", [
-    ("sgdm", {"lr": 0.01}, "sgd", {"momentum": 0.9, "lr": 0.01}),
-    ("sgdm_c", {"lr": 0.01, "topC": 5}, "sgd_c", {"momentum": 0.9, "lr": 0.01, "topC": 5}),
-    ("sgdm", {"momentum": 0.5}, "sgd", {"momentum": 0.5}),
-    ("adam", {}, "adam", {}),
-])
+@pytest.mark.parametrize(
+    "label, hyper, name, arguments",
+    [
+        ("sgdm", {"lr": 0.01}, "sgd", {"momentum": 0.9, "lr": 0.01}),
+        ("sgdm_c", {"lr": 0.01, "topC": 5}, "sgd_c", {"momentum": 0.9, "lr": 0.01, "topC": 5}),
+        ("sgdm", {"momentum": 0.5}, "sgd", {"momentum": 0.5}),
+        ("adam", {}, "adam", {}),
+    ],
+)
 def test_optimizer_labels_resolve(label, hyper, name, arguments):
     assert optimizer_labels.resolve(label, hyper) == (name, arguments)
 
 
-@pytest.mark.parametrize("label, hyper, error, match", [
-    ("adamx", {}, optimizer_labels.UnknownOptimizer, "unknown optimizer 'adamx'; known: "),
-    ("adam", {"topC": 5}, ValueError, "topC apply only to the _c optimizers"),
-])
+@pytest.mark.parametrize(
+    "label, hyper, error, match",
+    [
+        ("adamx", {}, optimizer_labels.UnknownOptimizer, "unknown optimizer 'adamx'; known: "),
+        ("adam", {"topC": 5}, ValueError, "topC apply only to the _c optimizers"),
+    ],
+)
 def test_optimizer_labels_errors(label, hyper, error, match):
     with pytest.raises(error, match=match):
         optimizer_labels.resolve(label, hyper)
 
 
-@pytest.mark.parametrize("label, base, memory", [
-    ("adam", "adam", "adam_c"), ("adam_c", "adam", "adam_c"), ("sgdm_c", "sgdm", "sgdm_c")])
+@pytest.mark.parametrize(
+    "label, base, memory",
+    [("adam", "adam", "adam_c"), ("adam_c", "adam", "adam_c"), ("sgdm_c", "sgdm", "sgdm_c")],
+)
 def test_pairing(label, base, memory):
     assert optimizer_labels.base_label(label) == base
     assert optimizer_labels.memory_label(label) == memory

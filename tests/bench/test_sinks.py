@@ -11,8 +11,11 @@ from critgrad.bench.records import RunSpec
 def test_tensorboard_sink_writes_event_files(tmp_path, mnist_dir, tiny_overrides):
     pytest.importorskip("tensorboard")
     spec = RunSpec("mnist-logreg", "sgd_c", {"lr": 0.1}, 0, overrides=tiny_overrides)
-    runner.run(spec, data_dir=str(mnist_dir),
-               sink_config={"tensorboard": True, "dir": str(tmp_path / "logs")})
+    runner.run(
+        spec,
+        data_dir=str(mnist_dir),
+        sink_config={"tensorboard": True, "dir": str(tmp_path / "logs")},
+    )
     events = list((tmp_path / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     assert spec.key() in str(events[0])
@@ -38,8 +41,9 @@ def test_wandb_sink_offline_or_a_clear_error(tmp_path, mnist_dir, tiny_overrides
     assert list((tmp_path / "logs").rglob("offline-run-*"))
 
 
-@pytest.mark.parametrize("config, expected", [
-    (None, []), ({}, []), ({"tensorboard": False, "wandb": False}, [])])
+@pytest.mark.parametrize(
+    "config, expected", [(None, []), ({}, []), ({"tensorboard": False, "wandb": False}, [])]
+)
 def test_no_sinks_by_default(config, expected):
     assert sinks.open_sinks(config, RunSpec("p", "sgd", {}, 0)) == expected
 

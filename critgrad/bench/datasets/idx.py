@@ -44,8 +44,10 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     dtype = _TYPE_CODES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header_end != expected:
-        raise ValueError(f"{source}: idx payload has {len(raw) - header_end} bytes, "
-                         f"shape {shape} needs {expected}")
+        raise ValueError(
+            f"{source}: idx payload has {len(raw) - header_end} bytes, "
+            f"shape {shape} needs {expected}"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 

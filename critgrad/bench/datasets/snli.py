@@ -34,8 +34,11 @@ from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
 
 LABELS = ("entailment", "neutral", "contradiction")
-SPLIT_FILES = {"train": "snli_1.0_train.jsonl", "valid": "snli_1.0_dev.jsonl",
-               "test": "snli_1.0_test.jsonl"}
+SPLIT_FILES = {
+    "train": "snli_1.0_train.jsonl",
+    "valid": "snli_1.0_dev.jsonl",
+    "test": "snli_1.0_test.jsonl",
+}
 GLOVE_NAME = "glove.840B.300d.txt"
 PAD, UNK = "<pad>", "<unk>"
 
@@ -74,8 +77,10 @@ class SnliData:
 def locate(data_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(folder with the three jsonl files, GloVe file); DataUnavailable names what is missing."""
     snli_folders = search_folders(data_dir, ("snli_1.0", "", "snli"))
-    snli = next((f for f in snli_folders
-                 if all((f / name).is_file() for name in SPLIT_FILES.values())), None)
+    snli = next(
+        (f for f in snli_folders if all((f / name).is_file() for name in SPLIT_FILES.values())),
+        None,
+    )
     glove_folders = search_folders(data_dir, ("", "glove", "GloVe"))
     glove = _find_glove(glove_folders)
     if snli is None or glove is None:
@@ -87,10 +92,13 @@ def locate(data_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
             missing.append(f"{GLOVE_NAME} (or another glove*.txt)")
             folders += [f for f in glove_folders if f not in folders]
         raise unavailable(
-            "SNLI", " and ".join(missing), folders,
+            "SNLI",
+            " and ".join(missing),
+            folders,
             "unzip snli_1.0.zip (https://nlp.stanford.edu/projects/snli/) and glove.840B.300d.zip "
             "(https://nlp.stanford.edu/projects/glove/) under DATA_DIR (--data-dir or "
-            "$CRITGRAD_DATA_DIR)")
+            "$CRITGRAD_DATA_DIR)",
+        )
     return snli, glove
 
 
@@ -174,11 +182,22 @@ def load(data_dir: str | os.PathLike | None = None) -> SnliData:
             ids = [index[w] for w in tokens if w in glove]
             return torch.tensor(ids or [index[UNK]], dtype=torch.int64)
 
-        splits = {split: SnliSplit([encode(p) for p, _, _ in rows], [encode(h) for _, h, _ in rows],
-                                   torch.tensor([y for _, _, y in rows], dtype=torch.int64))
-                  for split, rows in pairs.items()}
-        _CACHE[key] = SnliData(splits["train"], splits["valid"], splits["test"], vocabulary,
-                               vectors, f"{folder} + {glove_path}")
+        splits = {
+            split: SnliSplit(
+                [encode(p) for p, _, _ in rows],
+                [encode(h) for _, h, _ in rows],
+                torch.tensor([y for _, _, y in rows], dtype=torch.int64),
+            )
+            for split, rows in pairs.items()
+        }
+        _CACHE[key] = SnliData(
+            splits["train"],
+            splits["valid"],
+            splits["test"],
+            vocabulary,
+            vectors,
+            f"{folder} + {glove_path}",
+        )
     return _CACHE[key]
 
 

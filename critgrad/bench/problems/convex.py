@@ -35,17 +35,26 @@ from critgrad.bench.datasets import svmlight
 from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
 from critgrad.bench.problems import register
 
-SETTINGS = {"rows": 5_000, "test_fraction": 0.2, "data_seed": 1234, "l2": 0.01,
-            "batch_size": 25, "epochs": 25}
+SETTINGS = {
+    "rows": 5_000,
+    "test_fraction": 0.2,
+    "data_seed": 1234,
+    "l2": 0.01,
+    "batch_size": 25,
+    "epochs": 25,
+}
 
 
-def standardised_split(features: np.ndarray, labels: np.ndarray, test_fraction: float,
-                       seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def standardised_split(
+    features: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Shuffle rows (features and labels with one permutation), split, standardise on train."""
     order = np.random.default_rng(seed).permutation(len(labels))
-    test_count = int(round(len(labels) * test_fraction))
+    test_count = round(len(labels) * test_fraction)
     if not 0 < test_count < len(labels):
-        raise ValueError(f"test_fraction {test_fraction} leaves an empty split of {len(labels)} rows")
+        raise ValueError(
+            f"test_fraction {test_fraction} leaves an empty split of {len(labels)} rows"
+        )
     test, train = order[:test_count], order[test_count:]
     train_features = features[train]  # one copy: rcv1's rows are wide
     mean = train_features.mean(axis=0)
@@ -64,8 +73,12 @@ def _penalty(model: nn.Module, l2: float) -> torch.Tensor:
     return 0.5 * l2 * sum(p.pow(2).sum() for p in model.parameters())
 
 
-def logistic_regression_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: int,
-                             settings: dict[str, Any], info: dict[str, Any]) -> Task:
+def logistic_regression_task(
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
+    settings: dict[str, Any],
+    info: dict[str, Any],
+) -> Task:
     """Multinomial logistic regression with an L2 penalty in the loss; see the module docstring."""
     train_x, train_y = data["train"]
     batch_size, l2 = settings["batch_size"], settings["l2"]
@@ -89,12 +102,26 @@ def logistic_regression_task(data: dict[str, tuple[torch.Tensor, torch.Tensor]],
             return {"loss": F.cross_entropy(model(test_x), test_y).item(), "metric": objective}
 
     return Task(
-        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
-        metric="train_loss", higher_is_better=False, epochs=settings["epochs"], grad_clip=None,
-        info={**info, "train_size": len(train_x), "test_size": len(data["test"][0]),
-              "features": train_x.shape[1], "classes": classes, "batch_size": batch_size,
-              "l2": l2, "steps_per_epoch": -(-len(train_x) // batch_size),
-              "parameters": sum(p.numel() for p in model.parameters())})
+        model=model,
+        train_batches=train_batches,
+        loss=loss,
+        evaluate=evaluate,
+        metric="train_loss",
+        higher_is_better=False,
+        epochs=settings["epochs"],
+        grad_clip=None,
+        info={
+            **info,
+            "train_size": len(train_x),
+            "test_size": len(data["test"][0]),
+            "features": train_x.shape[1],
+            "classes": classes,
+            "batch_size": batch_size,
+            "l2": l2,
+            "steps_per_epoch": -(-len(train_x) // batch_size),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
 
 
 _CACHE: dict[tuple, tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int, str]] = {}
@@ -102,12 +129,18 @@ _CACHE: dict[tuple, tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int, str
 
 def _svmlight_data(name: str, settings: dict[str, Any], data_dir: str | None):
     path = svmlight.locate(name, data_dir)
-    key = (name, str(path.resolve()), settings["rows"], settings["data_seed"],
-           settings["test_fraction"])
+    key = (
+        name,
+        str(path.resolve()),
+        settings["rows"],
+        settings["data_seed"],
+        settings["test_fraction"],
+    )
     if key not in _CACHE:
         rows = svmlight.sample(path, settings["rows"], settings["data_seed"])
-        split = standardised_split(rows.features, rows.labels, settings["test_fraction"],
-                                   settings["data_seed"])
+        split = standardised_split(
+            rows.features, rows.labels, settings["test_fraction"], settings["data_seed"]
+        )
         _CACHE[key] = (split, rows.classes, str(path))
     return _CACHE[key]
 
@@ -116,16 +149,22 @@ def _mnist_data(settings: dict[str, Any], data_dir: str | None):
     # The images of MNIST's training file (60,000) as 784 pixels: the loader's train and valid
     # halves put back together, so its split size is irrelevant (1 fits any file).
     splits = mnist_data.load("mnist", data_dir, valid_size=1)
-    key = ("mnist", splits.folder, settings["rows"], settings["data_seed"],
-           settings["test_fraction"])
+    key = (
+        "mnist",
+        splits.folder,
+        settings["rows"],
+        settings["data_seed"],
+        settings["test_fraction"],
+    )
     if key not in _CACHE:
         images = np.concatenate([splits.train_images, splits.valid_images])
         labels = np.concatenate([splits.train_labels, splits.valid_labels])
         rng = np.random.default_rng(settings["data_seed"])
         rows = rng.choice(len(labels), size=min(settings["rows"], len(labels)), replace=False)
         features = images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0
-        split = standardised_split(features, labels[rows], settings["test_fraction"],
-                                   settings["data_seed"])
+        split = standardised_split(
+            features, labels[rows], settings["test_fraction"], settings["data_seed"]
+        )
         _CACHE[key] = (split, 10, splits.folder)
     return _CACHE[key]
 
@@ -138,15 +177,28 @@ def _builder(dataset: str):
             data, classes, source = _svmlight_data(dataset, settings, data_dir)
         torch.manual_seed(seed)  # the initial weights are a function of the seed alone
         return logistic_regression_task(data, classes, settings, {"data_folder": source})
+
     return build
 
 
 for _name, _dataset, _description in (
-        ("covtype-logreg", "covtype", "covtype (LIBSVM), L2 multinomial logistic regression"),
-        ("rcv1-logreg", "rcv1", "rcv1 (LIBSVM, binary), L2 multinomial logistic regression"),
-        ("mnist-convex", "mnist", "MNIST 5,000-row subset, L2 multinomial logistic regression "
-                                  "(offline stand-in for covtype/rcv1)")):
-    register(ProblemSpec(name=_name, description=_description, dataset=_dataset,
-                         metric="train_loss", higher_is_better=False,
-                         sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
-                         builder=_builder(_dataset)))
+    ("covtype-logreg", "covtype", "covtype (LIBSVM), L2 multinomial logistic regression"),
+    ("rcv1-logreg", "rcv1", "rcv1 (LIBSVM, binary), L2 multinomial logistic regression"),
+    (
+        "mnist-convex",
+        "mnist",
+        "MNIST 5,000-row subset, L2 multinomial logistic regression "
+        "(offline stand-in for covtype/rcv1)",
+    ),
+):
+    register(
+        ProblemSpec(
+            name=_name,
+            description=_description,
+            dataset=_dataset,
+            metric="train_loss",
+            higher_is_better=False,
+            sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
+            builder=_builder(_dataset),
+        )
+    )

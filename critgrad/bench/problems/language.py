@@ -36,11 +36,19 @@ from critgrad.bench.datasets.text import Corpus, batchify, bptt_slices
 from critgrad.bench.problem import ProblemSpec, Task
 from critgrad.bench.problems import register
 
-FULL = {"train_tokens": None, "valid_tokens": None, "test_tokens": None, "batch_size": 20,
-        "eval_batch_size": 10, "bptt": 35, "epochs": 50, "grad_clip": 0.25,
-        "embedding_dim": 64, "hidden_size": 128}
-CPU = {**FULL, "train_tokens": 100_000, "valid_tokens": 20_000, "test_tokens": 20_000,
-       "epochs": 2}
+FULL = {
+    "train_tokens": None,
+    "valid_tokens": None,
+    "test_tokens": None,
+    "batch_size": 20,
+    "eval_batch_size": 10,
+    "bptt": 35,
+    "epochs": 50,
+    "grad_clip": 0.25,
+    "embedding_dim": 64,
+    "hidden_size": 128,
+}
+CPU = {**FULL, "train_tokens": 100_000, "valid_tokens": 20_000, "test_tokens": 20_000, "epochs": 2}
 # WikiText-2's vocabulary is 3.3 times PTB's, and the decoder's cost grows with it.
 WIKITEXT2_CPU = {**CPU, "train_tokens": 20_000, "valid_tokens": 5_000, "test_tokens": 5_000}
 
@@ -80,23 +88,30 @@ def language_model_task(corpus: Corpus, model: nn.Module, settings: dict[str, An
     """A truncated-BPTT :class:`Task` with the hidden state carried across batches."""
     bptt = settings["bptt"]
     train = batchify(_prefix(corpus.train, settings["train_tokens"]), settings["batch_size"])
-    evaluation = {split: batchify(_prefix(corpus.split(split), settings[f"{split}_tokens"]),
-                                  settings["eval_batch_size"]) for split in ("valid", "test")}
+    evaluation = {
+        split: batchify(
+            _prefix(corpus.split(split), settings[f"{split}_tokens"]), settings["eval_batch_size"]
+        )
+        for split in ("valid", "test")
+    }
     carried: dict[str, Any] = {"hidden": None}  # the state one batch hands to the next
 
     # Every epoch has the same number of full-length slices, wherever it starts: the last
     # (offset + 1) rows of the columns that do not fill a slice are left out.
     steps_per_epoch = (len(train) - bptt) // bptt
     if steps_per_epoch < 1:
-        raise ValueError(f"{train.numel()} training tokens in {settings['batch_size']} columns "
-                         f"are too few for one slice of {bptt} steps")
+        raise ValueError(
+            f"{train.numel()} training tokens in {settings['batch_size']} columns "
+            f"are too few for one slice of {bptt} steps"
+        )
 
     def train_batches(generator: torch.Generator):
         offset = int(torch.randint(bptt, (1,), generator=generator))
         for i in range(steps_per_epoch):
             start = offset + i * bptt
-            yield LanguageBatch(train[start:start + bptt], train[start + 1:start + 1 + bptt],
-                                first=i == 0)
+            yield LanguageBatch(
+                train[start : start + bptt], train[start + 1 : start + 1 + bptt], first=i == 0
+            )
 
     def loss(model: nn.Module, batch: LanguageBatch) -> torch.Tensor:
         hidden = None if batch.first else carried["hidden"]
@@ -114,8 +129,9 @@ def language_model_task(corpus: Corpus, model: nn.Module, settings: dict[str, An
             with torch.no_grad():
                 for inputs, targets in bptt_slices(columns, bptt):
                     logits, hidden = model(inputs, hidden)
-                    total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                             reduction="sum").item()
+                    total += F.cross_entropy(
+                        logits.flatten(0, 1), targets.flatten(), reduction="sum"
+                    ).item()
                     count += targets.numel()
         finally:
             model.train(was_training)
@@ -123,31 +139,58 @@ def language_model_task(corpus: Corpus, model: nn.Module, settings: dict[str, An
         return {"loss": mean, "metric": math.exp(mean) if mean < 700 else float("inf")}
 
     return Task(
-        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
-        metric="perplexity", higher_is_better=False, epochs=settings["epochs"],
+        model=model,
+        train_batches=train_batches,
+        loss=loss,
+        evaluate=evaluate,
+        metric="perplexity",
+        higher_is_better=False,
+        epochs=settings["epochs"],
         grad_clip=settings["grad_clip"],
-        info={"data_folder": corpus.source, "vocabulary_size": len(corpus.vocabulary),
-              "train_tokens": train.numel(), "valid_tokens": evaluation["valid"].numel(),
-              "test_tokens": evaluation["test"].numel(), "batch_size": settings["batch_size"],
-              "bptt": bptt, "steps_per_epoch": steps_per_epoch,
-              "parameters": sum(p.numel() for p in model.parameters())})
+        info={
+            "data_folder": corpus.source,
+            "vocabulary_size": len(corpus.vocabulary),
+            "train_tokens": train.numel(),
+            "valid_tokens": evaluation["valid"].numel(),
+            "test_tokens": evaluation["test"].numel(),
+            "batch_size": settings["batch_size"],
+            "bptt": bptt,
+            "steps_per_epoch": steps_per_epoch,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
 
 
 def _builder(load: Callable[[str | None], Corpus]):
     def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
         corpus = load(data_dir)
         torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        model = LSTMLanguageModel(len(corpus.vocabulary), settings["embedding_dim"],
-                                  settings["hidden_size"])
+        model = LSTMLanguageModel(
+            len(corpus.vocabulary), settings["embedding_dim"], settings["hidden_size"]
+        )
         return language_model_task(corpus, model, settings)
+
     return build
 
 
 for _name, _dataset, _description, _load, _cpu in (
-        ("ptb-lstm", "ptb", "Penn Treebank, 1-layer LSTM 64/128 (word level)", text_data.load_ptb,
-         CPU),
-        ("wikitext2-lstm", "wikitext2", "WikiText-2, 1-layer LSTM 64/128 (word level)",
-         text_data.load_wikitext2, WIKITEXT2_CPU)):
-    register(ProblemSpec(name=_name, description=_description, dataset=_dataset,
-                         metric="perplexity", higher_is_better=False,
-                         sizes={"cpu": dict(_cpu), "full": dict(FULL)}, builder=_builder(_load)))
+    ("ptb-lstm", "ptb", "Penn Treebank, 1-layer LSTM 64/128 (word level)", text_data.load_ptb, CPU),
+    (
+        "wikitext2-lstm",
+        "wikitext2",
+        "WikiText-2, 1-layer LSTM 64/128 (word level)",
+        text_data.load_wikitext2,
+        WIKITEXT2_CPU,
+    ),
+):
+    register(
+        ProblemSpec(
+            name=_name,
+            description=_description,
+            dataset=_dataset,
+            metric="perplexity",
+            higher_is_better=False,
+            sizes={"cpu": dict(_cpu), "full": dict(FULL)},
+            builder=_builder(_load),
+        )
+    )

@@ -21,8 +21,15 @@ from critgrad.bench.problem import ProblemSpec, Task, classification_task
 from critgrad.bench.problems import register
 
 # The paper's setting; the cpu sizes below differ only where listed.
-FULL = {"train_size": 50_000, "valid_size": 10_000, "test_size": 10_000, "batch_size": 64,
-        "epochs": 10, "grad_clip": 10.0, "eval_batch_size": 2_000}
+FULL = {
+    "train_size": 50_000,
+    "valid_size": 10_000,
+    "test_size": 10_000,
+    "batch_size": 64,
+    "epochs": 10,
+    "grad_clip": 10.0,
+    "eval_batch_size": 2_000,
+}
 
 
 def logistic_regression() -> nn.Module:
@@ -60,8 +67,13 @@ _TENSOR_CACHE: dict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 def _tensors(dataset: str, settings: dict[str, Any], data_dir: str | None):
     """Standardised float images (N, 1, 28, 28) and labels per split, cached per process."""
     splits = mnist_data.load(dataset, data_dir, valid_size=settings["valid_size"])
-    key = (dataset, splits.folder, settings["valid_size"], settings["train_size"],
-           settings["test_size"])
+    key = (
+        dataset,
+        splits.folder,
+        settings["valid_size"],
+        settings["train_size"],
+        settings["test_size"],
+    )
     if key not in _TENSOR_CACHE:
         train_x = splits.train_images[: settings["train_size"]]
         scaled = train_x.astype(np.float32) / 255.0
@@ -74,14 +86,20 @@ def _tensors(dataset: str, settings: dict[str, Any], data_dir: str | None):
         _TENSOR_CACHE[key] = {
             "train": prepare(train_x, splits.train_labels[: settings["train_size"]]),
             "valid": prepare(splits.valid_images, splits.valid_labels),
-            "test": prepare(splits.test_images[: settings["test_size"]],
-                            splits.test_labels[: settings["test_size"]]),
+            "test": prepare(
+                splits.test_images[: settings["test_size"]],
+                splits.test_labels[: settings["test_size"]],
+            ),
         }
     return _TENSOR_CACHE[key], splits.folder
 
 
-def image_classification_task(dataset: str, make_model: Callable[[], nn.Module],
-                              settings: dict[str, Any], data_dir: str | None) -> Task:
+def image_classification_task(
+    dataset: str,
+    make_model: Callable[[], nn.Module],
+    settings: dict[str, Any],
+    data_dir: str | None,
+) -> Task:
     """A classification :class:`Task` over an idx image data set ("mnist", "fashion-mnist")."""
     data, folder = _tensors(dataset, settings, data_dir)
     return classification_task(data, make_model(), settings, {"data_folder": folder})
@@ -91,16 +109,28 @@ def _builder(make_model: Callable[[], nn.Module]):
     def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
         del seed  # the runner seeds torch before building; the split does not depend on it
         return image_classification_task("mnist", make_model, settings, data_dir)
+
     return build
 
 
 for _name, _model, _description, _cpu in (
-        ("mnist-logreg", logistic_regression, "MNIST, multinomial logistic regression",
-         {"epochs": 3}),
-        ("mnist-mlp", mlp, "MNIST, MLP 784-32-10 (ReLU)", {"epochs": 3}),
-        ("mnist-cnn", ConvNet, "MNIST, 2 conv + 2 fc with dropout",
-         {"epochs": 2, "train_size": 10_000})):
-    register(ProblemSpec(name=_name, description=_description, dataset="mnist",
-                         metric="accuracy", higher_is_better=True,
-                         sizes={"cpu": {**FULL, **_cpu}, "full": dict(FULL)},
-                         builder=_builder(_model)))
+    ("mnist-logreg", logistic_regression, "MNIST, multinomial logistic regression", {"epochs": 3}),
+    ("mnist-mlp", mlp, "MNIST, MLP 784-32-10 (ReLU)", {"epochs": 3}),
+    (
+        "mnist-cnn",
+        ConvNet,
+        "MNIST, 2 conv + 2 fc with dropout",
+        {"epochs": 2, "train_size": 10_000},
+    ),
+):
+    register(
+        ProblemSpec(
+            name=_name,
+            description=_description,
+            dataset="mnist",
+            metric="accuracy",
+            higher_is_better=True,
+            sizes={"cpu": {**FULL, **_cpu}, "full": dict(FULL)},
+            builder=_builder(_model),
+        )
+    )

@@ -34,11 +34,29 @@ from critgrad.bench.problem import ProblemSpec, Task
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
-FULL = {"train_size": None, "valid_size": None, "test_size": None, "max_length": None,
-        "hidden_size": 200, "classifier_size": 200, "batch_size": 128, "eval_batch_size": 512,
-        "epochs": 20, "grad_clip": 5.0}
-CPU = {**FULL, "train_size": 10_000, "valid_size": 2_000, "test_size": 2_000, "max_length": 25,
-       "hidden_size": 64, "classifier_size": 64, "batch_size": 64, "epochs": 2}
+FULL = {
+    "train_size": None,
+    "valid_size": None,
+    "test_size": None,
+    "max_length": None,
+    "hidden_size": 200,
+    "classifier_size": 200,
+    "batch_size": 128,
+    "eval_batch_size": 512,
+    "epochs": 20,
+    "grad_clip": 5.0,
+}
+CPU = {
+    **FULL,
+    "train_size": 10_000,
+    "valid_size": 2_000,
+    "test_size": 2_000,
+    "max_length": 25,
+    "hidden_size": 64,
+    "classifier_size": 64,
+    "batch_size": 64,
+    "epochs": 2,
+}
 
 
 class BiLSTMEncoder(nn.Module):
@@ -83,8 +101,14 @@ class ConvNetEncoder(nn.Module):
 class NLIModel(nn.Module):
     """Shared encoder for both sentences, features [u, v, |u-v|, u*v], tanh MLP to 3 classes."""
 
-    def __init__(self, vectors: torch.Tensor, encoder: str, hidden_size: int,
-                 classifier_size: int, classes: int = 3):
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        encoder: str,
+        hidden_size: int,
+        classifier_size: int,
+        classes: int = 3,
+    ):
         super().__init__()
         self.register_buffer("vectors", vectors.clone())
         dim = vectors.shape[1]
@@ -97,8 +121,10 @@ class NLIModel(nn.Module):
         else:
             raise ValueError(f"encoder must be bilstm-max, bilstm-last or convnet, got {encoder!r}")
         self.classifier = nn.Sequential(
-            nn.Linear(4 * self.encoder.output_size, classifier_size), nn.Tanh(),
-            nn.Linear(classifier_size, classes))
+            nn.Linear(4 * self.encoder.output_size, classifier_size),
+            nn.Tanh(),
+            nn.Linear(classifier_size, classes),
+        )
 
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(F.embedding(tokens, self.vectors), lengths)
@@ -115,30 +141,40 @@ def _subset(split: SnliSplit, size: int | None, max_length: int | None, seed: in
         rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size]
         rows = sorted(rows.tolist())
     cut = slice(None, max_length)
-    return SnliSplit([split.premises[i][cut] for i in rows], [split.hypotheses[i][cut] for i in rows],
-                     split.labels[rows])
+    return SnliSplit(
+        [split.premises[i][cut] for i in rows],
+        [split.hypotheses[i][cut] for i in rows],
+        split.labels[rows],
+    )
 
 
 def _collate(split: SnliSplit, rows: list[int]):
     premises = [split.premises[i] for i in rows]
     hypotheses = [split.hypotheses[i] for i in rows]
-    return (pad_sequence(premises, batch_first=True), torch.tensor([len(p) for p in premises]),
-            pad_sequence(hypotheses, batch_first=True), torch.tensor([len(h) for h in hypotheses]),
-            split.labels[rows])
+    return (
+        pad_sequence(premises, batch_first=True),
+        torch.tensor([len(p) for p in premises]),
+        pad_sequence(hypotheses, batch_first=True),
+        torch.tensor([len(h) for h in hypotheses]),
+        split.labels[rows],
+    )
 
 
 def nli_task(data: snli_data.SnliData, encoder: str, settings: dict[str, Any]) -> Task:
     """A :class:`Task` for one encoder on (a subset of) SNLI; the model is built here."""
-    splits = {name: _subset(getattr(data, name), settings[f"{name}_size"],
-                            settings["max_length"], SPLIT_SEED + i)
-              for i, name in enumerate(("train", "valid", "test"))}
+    splits = {
+        name: _subset(
+            getattr(data, name), settings[f"{name}_size"], settings["max_length"], SPLIT_SEED + i
+        )
+        for i, name in enumerate(("train", "valid", "test"))
+    }
     model = NLIModel(data.vectors, encoder, settings["hidden_size"], settings["classifier_size"])
     train, batch_size = splits["train"], settings["batch_size"]
 
     def train_batches(generator: torch.Generator):
         order = torch.randperm(len(train), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
-            yield _collate(train, order[start:start + batch_size])
+            yield _collate(train, order[start : start + batch_size])
 
     def loss(model: nn.Module, batch) -> torch.Tensor:
         *inputs, labels = batch
@@ -152,8 +188,9 @@ def nli_task(data: snli_data.SnliData, encoder: str, settings: dict[str, Any]) -
         try:
             with torch.no_grad():
                 for start in range(0, len(data_split), size):
-                    *inputs, labels = _collate(data_split, list(range(start, min(
-                        start + size, len(data_split)))))
+                    *inputs, labels = _collate(
+                        data_split, list(range(start, min(start + size, len(data_split))))
+                    )
                     logits = model(*inputs)
                     total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
                     correct += int((logits.argmax(dim=1) == labels).sum())
@@ -162,14 +199,25 @@ def nli_task(data: snli_data.SnliData, encoder: str, settings: dict[str, Any]) -
         return {"loss": total_loss / len(data_split), "metric": correct / len(data_split)}
 
     return Task(
-        model=model, train_batches=train_batches, loss=loss, evaluate=evaluate,
-        metric="accuracy", higher_is_better=True, epochs=settings["epochs"],
+        model=model,
+        train_batches=train_batches,
+        loss=loss,
+        evaluate=evaluate,
+        metric="accuracy",
+        higher_is_better=True,
+        epochs=settings["epochs"],
         grad_clip=settings["grad_clip"],
-        info={"data_folder": data.source, "vocabulary_size": len(data.vocabulary),
-              "train_size": len(train), "valid_size": len(splits["valid"]),
-              "test_size": len(splits["test"]), "batch_size": batch_size,
-              "steps_per_epoch": -(-len(train) // batch_size),
-              "parameters": sum(p.numel() for p in model.parameters())})
+        info={
+            "data_folder": data.source,
+            "vocabulary_size": len(data.vocabulary),
+            "train_size": len(train),
+            "valid_size": len(splits["valid"]),
+            "test_size": len(splits["test"]),
+            "batch_size": batch_size,
+            "steps_per_epoch": -(-len(train) // batch_size),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
 
 
 def _builder(encoder: str):
@@ -177,13 +225,23 @@ def _builder(encoder: str):
         data = snli_data.load(data_dir)
         torch.manual_seed(seed)  # the initial weights are a function of the seed alone
         return nli_task(data, encoder, settings)
+
     return build
 
 
 for _name, _encoder, _description in (
-        ("snli-infersent", "bilstm-max", "SNLI, BiLSTM-max encoder (InferSent) on GloVe"),
-        ("snli-bilstm", "bilstm-last", "SNLI, BiLSTM (last states) encoder on GloVe"),
-        ("snli-convnet", "convnet", "SNLI, hierarchical convnet encoder on GloVe")):
-    register(ProblemSpec(name=_name, description=_description, dataset="snli",
-                         metric="accuracy", higher_is_better=True,
-                         sizes={"cpu": dict(CPU), "full": dict(FULL)}, builder=_builder(_encoder)))
+    ("snli-infersent", "bilstm-max", "SNLI, BiLSTM-max encoder (InferSent) on GloVe"),
+    ("snli-bilstm", "bilstm-last", "SNLI, BiLSTM (last states) encoder on GloVe"),
+    ("snli-convnet", "convnet", "SNLI, hierarchical convnet encoder on GloVe"),
+):
+    register(
+        ProblemSpec(
+            name=_name,
+            description=_description,
+            dataset="snli",
+            metric="accuracy",
+            higher_is_better=True,
+            sizes={"cpu": dict(CPU), "full": dict(FULL)},
+            builder=_builder(_encoder),
+        )
+    )

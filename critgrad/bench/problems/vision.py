@@ -42,8 +42,15 @@ from critgrad.bench.problems.mnist import image_classification_task
 SPLIT_SEED = 20220425  # fixed: the train/valid split must not change with the run's seed
 
 # The paper's CIFAR setting; each problem's cpu size below changes only what it lists.
-FULL = {"train_size": 45_000, "valid_size": 5_000, "test_size": 10_000, "batch_size": 64,
-        "epochs": 100, "grad_clip": 10.0, "eval_batch_size": 1_000}
+FULL = {
+    "train_size": 45_000,
+    "valid_size": 5_000,
+    "test_size": 10_000,
+    "batch_size": 64,
+    "epochs": 100,
+    "grad_clip": 10.0,
+    "eval_batch_size": 1_000,
+}
 # Fashion-MNIST is not in the paper: its full size is the CIFAR-10 schedule on the 50k / 10k / 10k
 # split of the MNIST loader.
 FASHION_FULL = {**FULL, "train_size": 50_000, "valid_size": 10_000, "eval_batch_size": 2_000}
@@ -51,6 +58,7 @@ FASHION_FULL = {**FULL, "train_size": 50_000, "valid_size": 10_000, "eval_batch_
 
 # ---------------------------------------------------------------------------------------------
 # Models
+
 
 class LeNet(nn.Module):
     """conv 5x5 (6) - max pool - conv 5x5 (16) - max pool - fc 120 - fc 84 - fc classes, ReLU."""
@@ -86,7 +94,8 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels))
+                nn.BatchNorm2d(out_channels),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -101,8 +110,9 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, 110, ...), got {depth}")
         blocks = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         stages, channels = [], width
         for stage, out_channels in enumerate((width, 2 * width, 4 * width)):
             for block in range(blocks):
@@ -130,15 +140,23 @@ class DeepConvNet(nn.Module):
         channels = 3
         for block in ((width, 2 * width), (4 * width, 4 * width), (8 * width, 8 * width)):
             for out_channels in block:
-                layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(out_channels), nn.ReLU()]
+                layers += [
+                    nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(),
+                ]
                 channels = out_channels
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(channels * 4 * 4, 32 * width), nn.ReLU(),
-            nn.Linear(32 * width, 16 * width), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(16 * width, classes))
+            nn.Dropout(dropout),
+            nn.Linear(channels * 4 * 4, 32 * width),
+            nn.ReLU(),
+            nn.Linear(32 * width, 16 * width),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(16 * width, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -147,17 +165,22 @@ class DeepConvNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Data and task
 
-def class_balanced_split(labels: np.ndarray, valid_size: int, seed: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
+
+def class_balanced_split(
+    labels: np.ndarray, valid_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, valid indices): ``valid_size / classes`` random images of each class held
     out, the rest in a random order; the authors' split, with a fixed seed."""
     classes = int(labels.max()) + 1
     if valid_size % classes:
-        raise ValueError(f"valid_size must be a multiple of the {classes} classes, got {valid_size}")
+        raise ValueError(
+            f"valid_size must be a multiple of the {classes} classes, got {valid_size}"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
-    valid = np.concatenate([order[labels[order] == c][: valid_size // classes]
-                            for c in range(classes)])
+    valid = np.concatenate(
+        [order[labels[order] == c][: valid_size // classes] for c in range(classes)]
+    )
     is_valid = np.zeros(len(labels), dtype=bool)
     is_valid[valid] = True
     return order[~is_valid[order]], np.sort(valid)
@@ -169,11 +192,11 @@ _TENSOR_CACHE: dict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 def cifar_tensors(name: str, settings: dict[str, Any], data_dir: str | None):
     """Standardised float images (N, 3, 32, 32) and labels per split, cached per process."""
     data = cifar_data.load(name, data_dir)
-    key = (name, data.source, settings["train_size"], settings["valid_size"],
-           settings["test_size"])
+    key = (name, data.source, settings["train_size"], settings["valid_size"], settings["test_size"])
     if key not in _TENSOR_CACHE:
-        train_idx, valid_idx = class_balanced_split(data.train_labels, settings["valid_size"],
-                                                    SPLIT_SEED)
+        train_idx, valid_idx = class_balanced_split(
+            data.train_labels, settings["valid_size"], SPLIT_SEED
+        )
         train_idx = train_idx[: settings["train_size"]]
         train = data.train_images[train_idx].astype(np.float32) / 255.0
         mean = train.mean(axis=(0, 2, 3), keepdims=True)
@@ -185,8 +208,10 @@ def cifar_tensors(name: str, settings: dict[str, Any], data_dir: str | None):
 
         test_size = settings["test_size"]
         _TENSOR_CACHE[key] = {
-            "train": (torch.from_numpy((train - mean) / std),
-                      torch.from_numpy(data.train_labels[train_idx])),
+            "train": (
+                torch.from_numpy((train - mean) / std),
+                torch.from_numpy(data.train_labels[train_idx]),
+            ),
             "valid": prepare(data.train_images[valid_idx], data.train_labels[valid_idx]),
             "test": prepare(data.test_images[:test_size], data.test_labels[:test_size]),
         }
@@ -199,8 +224,10 @@ def _cifar_builder(name: str, make_model: Callable[[dict[str, Any], int], nn.Mod
     def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
         data, source = cifar_tensors(name, settings, data_dir)
         torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        return classification_task(data, make_model(settings, classes), settings,
-                                   {"data_folder": source})
+        return classification_task(
+            data, make_model(settings, classes), settings, {"data_folder": source}
+        )
+
     return build
 
 
@@ -209,31 +236,73 @@ def _build_fashion(settings: dict[str, Any], seed: int, data_dir: str | None) ->
     def make_model() -> nn.Module:
         torch.manual_seed(seed)
         return LeNet(channels=1, classes=10, side=28)
+
     return image_classification_task("fashion-mnist", make_model, settings, data_dir)
 
 
-register(ProblemSpec(
-    name="fashion-cnn",
-    description="Fashion-MNIST, LeNet-style convnet (CPU stand-in for cifar10-cnn)",
-    dataset="fashion-mnist", metric="accuracy", higher_is_better=True,
-    sizes={"cpu": {**FASHION_FULL, "train_size": 10_000, "epochs": 2},
-           "full": dict(FASHION_FULL)},
-    builder=_build_fashion))
+register(
+    ProblemSpec(
+        name="fashion-cnn",
+        description="Fashion-MNIST, LeNet-style convnet (CPU stand-in for cifar10-cnn)",
+        dataset="fashion-mnist",
+        metric="accuracy",
+        higher_is_better=True,
+        sizes={
+            "cpu": {**FASHION_FULL, "train_size": 10_000, "epochs": 2},
+            "full": dict(FASHION_FULL),
+        },
+        builder=_build_fashion,
+    )
+)
 
 for _name, _dataset, _description, _make, _cpu, _full in (
-        ("cifar10-cnn", "cifar10", "CIFAR-10, LeNet-style convnet",
-         lambda s, k: LeNet(3, k), {"train_size": 10_000, "test_size": 5_000, "epochs": 2}, {}),
-        ("cifar10-resnet", "cifar10", "CIFAR-10, CIFAR ResNet (depth 110 full, 20 cpu)",
-         lambda s, k: CifarResNet(s["depth"], k, s["width"]),
-         {"train_size": 4_000, "valid_size": 1_000, "test_size": 1_000, "epochs": 1,
-          "depth": 20, "width": 16},
-         {"depth": 110, "width": 16}),
-        ("cifar100-cnn", "cifar100", "CIFAR-100, deeper convnet with batch norm",
-         lambda s, k: DeepConvNet(k, s["width"], s["dropout"]),
-         {"train_size": 8_000, "valid_size": 2_000, "test_size": 2_000, "epochs": 2, "width": 8,
-          "dropout": 0.1},
-         {"width": 32, "dropout": 0.1})):
-    register(ProblemSpec(name=_name, description=_description, dataset=_dataset,
-                         metric="accuracy", higher_is_better=True,
-                         sizes={"cpu": {**FULL, **_full, **_cpu}, "full": {**FULL, **_full}},
-                         builder=_cifar_builder(_dataset, _make)))
+    (
+        "cifar10-cnn",
+        "cifar10",
+        "CIFAR-10, LeNet-style convnet",
+        lambda s, k: LeNet(3, k),
+        {"train_size": 10_000, "test_size": 5_000, "epochs": 2},
+        {},
+    ),
+    (
+        "cifar10-resnet",
+        "cifar10",
+        "CIFAR-10, CIFAR ResNet (depth 110 full, 20 cpu)",
+        lambda s, k: CifarResNet(s["depth"], k, s["width"]),
+        {
+            "train_size": 4_000,
+            "valid_size": 1_000,
+            "test_size": 1_000,
+            "epochs": 1,
+            "depth": 20,
+            "width": 16,
+        },
+        {"depth": 110, "width": 16},
+    ),
+    (
+        "cifar100-cnn",
+        "cifar100",
+        "CIFAR-100, deeper convnet with batch norm",
+        lambda s, k: DeepConvNet(k, s["width"], s["dropout"]),
+        {
+            "train_size": 8_000,
+            "valid_size": 2_000,
+            "test_size": 2_000,
+            "epochs": 2,
+            "width": 8,
+            "dropout": 0.1,
+        },
+        {"width": 32, "dropout": 0.1},
+    ),
+):
+    register(
+        ProblemSpec(
+            name=_name,
+            description=_description,
+            dataset=_dataset,
+            metric="accuracy",
+            higher_is_better=True,
+            sizes={"cpu": {**FULL, **_full, **_cpu}, "full": {**FULL, **_full}},
+            builder=_cifar_builder(_dataset, _make),
+        )
+    )
