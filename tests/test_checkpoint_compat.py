@@ -99,13 +99,29 @@ def test_saved_memory_loads_as_it_was(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_resumed_run_continues_as_0_1_0_did(name):
     params, opt, case = resume(name)
+    eps = torch.finfo(params[0].dtype).eps
     for t, (grads, expected) in enumerate(zip(case["grads"], case["trajectory"])):
         set_grads(params, unflatten(grads, params))
         opt.step()
         for p, e in zip(params, unflatten(expected, params)):
-            assert torch.equal(p.detach(), e), f"step {t}"
+            # 0.1.0 formed g + c * S with one fused multiply-add; the same formula with tensor
+            # coefficients rounds once more, so the last bit may differ (measured: 1.5 eps).
+            torch.testing.assert_close(p.detach(), e, rtol=8 * eps, atol=8 * eps, msg=f"step {t}")
     for p, saved in zip(params, case["memory"]):
+        # What entered the memory, where, with which priority: exactly as 0.1.0 decided.
         for key in ("critical_store", "critical_priority", "critical_age", "critical_stats"):
             assert torch.equal(opt.memory[p][key], saved[key]), key
-        assert torch.equal(opt.memory[p]["critical_sum"], saved["critical_sum"])
-    assert opt.memory_stats() == case["memory_stats"]
+        # The running sums differ by rounding only: 0.1.0's carried the rounding of its updates
+        # since the last resync, ours are recomputed from the store piece by piece (measured:
+        # 1.8e-15 in float64, 4.8e-7 in float32 for entries of magnitude up to 10).
+        atol = 1e-13 if saved["critical_sum"].dtype == torch.float64 else 4e-6
+        torch.testing.assert_close(
+            opt.memory[p]["critical_sum"], saved["critical_sum"], rtol=0, atol=atol
+        )
+    for ours, theirs in zip(opt.memory_stats(), case["memory_stats"]):
+        assert ours.keys() == theirs.keys()
+        for field, value in theirs.items():
+            if isinstance(value, float):  # means over the entries: summed in another order
+                assert ours[field] == pytest.approx(value, rel=1e-14), field
+            else:
+                assert ours[field] == value, field

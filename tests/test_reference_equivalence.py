@@ -24,12 +24,23 @@ def build_pair(cls, kwargs, groups_options, dtype=torch.float64, store_dtype=Non
     return params_fast, fast, params_slow, ReferenceCriticalGradients(slow_base)
 
 
-def assert_same_run(params_fast, fast, params_slow, slow, steps=STEPS, atol=1e-12, rtol=1e-10):
+def assert_same_run(
+    params_fast,
+    fast,
+    params_slow,
+    slow,
+    steps=STEPS,
+    atol=1e-12,
+    rtol=1e-10,
+    implementation="eager",
+):
     for t, grads in enumerate(gradient_sequence(params_fast, steps)):
         set_grads(params_fast, grads)
         set_grads(params_slow, grads)
         fast.step()
         slow.step()
+        if t > 0:  # (the first step, which creates the memories, is always eager)
+            assert fast.last_step_implementation == implementation, f"step {t}: implementation"
         for a, b in zip(params_fast, params_slow):
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"step {t}")
         for a, b in zip(params_fast, params_slow):
