@@ -116,14 +116,16 @@ def coefficients(aggr: str, filled: Tensor, kappa: float) -> tuple[Tensor, Tenso
 
 
 def directions(
-    grads: list[Tensor], scaled_sums: list[Tensor], c: list[Tensor], s: list[Tensor] | None
+    grads: list[Tensor], scaled_sums: list[Tensor], b: list[Tensor], s: list[Tensor] | None
 ) -> list[Tensor]:
-    """``(g + c * S) * s`` for each tensor (``s`` None means 1), from the scaled sums (``c`` is
-    already divided by the scale), in the gradients' dtypes."""
-    out = torch._foreach_mul(scaled_sums, c)
-    torch._foreach_add_(out, grads)
-    if s is not None:
-        torch._foreach_mul_(out, s)
+    """``s * g + b * T`` for each tensor (``s`` None means 1), in the gradients' dtypes, with T
+    the scaled sum and ``b = c * s / scale``: the direction ``(g + c * S) * s``, written so that
+    no intermediate overflows where the direction does not."""
+    out = torch._foreach_mul(scaled_sums, b)
+    if s is None:
+        torch._foreach_add_(out, grads)
+    else:
+        torch._foreach_addcmul_(out, grads, s)
     return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(out, grads)]
 
 

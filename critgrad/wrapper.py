@@ -125,8 +125,8 @@ class _Plan(NamedTuple):
     admit: Tensor  # (n,) bool
     slot: Tensor  # (n,) int64
     filled: Tensor  # (n,) int64, entries before this step
-    c: list[Tensor]  # per tensor, 0-d: the sum's coefficient, over the sum's scale
-    s: list[Tensor] | None  # per tensor, 0-d: the overall factor (None: 1)
+    b: list[Tensor]  # per tensor, 0-d: the direction is s * g + b * (scaled sum)
+    s: list[Tensor] | None  # per tensor, 0-d: None means 1
 
 
 class CriticalGradients(Optimizer):
@@ -465,7 +465,7 @@ class CriticalGradients(Optimizer):
         )
         admit, slot, filled = M.admission(keys, priority, age)
         c, s = M.coefficients(group["aggr"], filled, group["kappa"])
-        c = c / M.sum_scale(group["topC"])
+        b = c * s / M.sum_scale(group["topC"])
         return _Plan(
             group,
             params,
@@ -479,7 +479,7 @@ class CriticalGradients(Optimizer):
             admit,
             slot,
             filled,
-            _spread(c, params),
+            _spread(b, params),
             None if group["aggr"] == "sum" else _spread(s, params),
         )
 
@@ -511,7 +511,7 @@ class CriticalGradients(Optimizer):
     def _apply(self, plans: list[_Plan]) -> None:
         """Give the base the directions as gradients, run it, give the gradients back, commit."""
         directions = [
-            M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.c, plan.s)
+            M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.b, plan.s)
             for plan in plans
         ]
         # Traced, assigning p.grad would force a graph break before the base step (torch's
