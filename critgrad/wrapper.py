@@ -12,101 +12,20 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep
+from ._state import AGE, PRIORITY, SCALED_SUM, STATS, STORE
+from .options import MEMORY_OPTIONS, check_memory_options, key_from_synced
 
-MEMORY_OPTIONS = ("topC", "decay", "kappa", "aggr", "key", "store_dtype")
-"""Per-group hyperparameters of the memory; they live in ``param_groups`` beside ``lr``."""
-
-STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY = (
-    "critical_store",
-    "critical_sum_scaled",
-    "critical_priority",
-    "critical_age",
-    "critical_stats",
-    "critical_key",
-)
-MEMORY_STATE_KEYS = (STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY)
-"""The memory's entries in each parameter's ``state`` (and so in ``state_dict()``): the store
-``(topC, *shape)``, the sum of the stored gradients times :func:`critgrad.memory.sum_scale`,
-priorities and ages ``(topC,)``, the counts of :data:`critgrad.memory.STAT_FIELDS` and the last
-key offered. Checkpoints of critgrad 0.1.0 hold ``critical_sum`` (unscaled) and no key: they load.
-"""
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def check_memory_options(options: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first invalid memory hyperparameter and its allowed values."""
-    topC = options["topC"]
-    if isinstance(topC, bool) or not isinstance(topC, int) or topC < 1:
-        raise ValueError(f"Invalid topC: {topC!r} (must be an integer >= 1)")
-    decay = options["decay"]
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
-        raise ValueError(f"Invalid decay: {decay!r} (must be a number in [0, 1])")
-    kappa = options["kappa"]
-    # Comparisons, not math.isfinite: a traced step sees a changing number as a symbol.
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa < math.inf:
-        raise ValueError(f"Invalid kappa: {kappa!r} (must be a finite number >= 0)")
-    if options["aggr"] not in M.AGGREGATIONS:
-        raise ValueError(f"Invalid aggr: {options['aggr']!r} (must be one of {M.AGGREGATIONS})")
-    if options["key"] not in M.KEY_MODES:
-        raise ValueError(f"Invalid key: {options['key']!r} (must be one of {M.KEY_MODES})")
-    store_dtype = options["store_dtype"]
-    if store_dtype is not None and (
-        not isinstance(store_dtype, torch.dtype) or not store_dtype.is_floating_point
-    ):
-        raise ValueError(
-            f"Invalid store_dtype: {store_dtype!r} (must be None or a floating "
-            "point torch.dtype such as torch.bfloat16)"
-        )
-
-
-def key_from_synced(synced: bool | None, key: str | None) -> str:
-    """Resolve the reference package's ``synced`` flag and the explicit ``key`` into one mode."""
-    if synced is not None and not isinstance(synced, bool):
-        raise ValueError(f"Invalid synced: {synced!r} (must be True, False or None)")
-    implied = None if synced is None else ("sum_of_norms" if synced else "per_tensor")
-    if key is None:
-        return implied or "sum_of_norms"
-    if implied is not None and implied != key:
-        raise ValueError(
-            f"synced={synced} means key={implied!r}, but key={key!r} was given; "
-            "pass only one of them"
-        )
-    return key
-
-
-def memory_dtypes(param: Tensor, group: Mapping[str, Any]) -> dict[str, torch.dtype]:
-    """The dtype of each memory tensor of ``param`` (one rule for creation and for reload)."""
-    store_dtype = group["store_dtype"] or param.dtype
-    if param.is_complex() and not store_dtype.is_complex:
-        raise ValueError(
-            f"Invalid store_dtype: {store_dtype} cannot hold the complex gradients of a "
-            f"{param.dtype} parameter (use None)"
-        )
-    sum_dtype = torch.promote_types(param.dtype, store_dtype)
-    if store_dtype in _LOW_PRECISION or param.dtype in _LOW_PRECISION:
-        # A low-precision store keeps an exact float32 sum of what it holds.
-        sum_dtype = torch.promote_types(sum_dtype, torch.float32)
-    # Priorities are compared with keys in float64 (Apple's MPS has no float64).
-    priority_dtype = torch.float32 if param.device.type == "mps" else torch.float64
-    return {
-        STORE: store_dtype,
-        SCALED_SUM: sum_dtype,
-        PRIORITY: priority_dtype,
-        AGE: torch.int64,
-        STATS: torch.int64,
-        KEY: priority_dtype,
-    }
+__all__ = ["CriticalGradients", "key_from_synced"]
 
 
 class _Plan(NamedTuple):
@@ -267,9 +186,10 @@ class CriticalGradients(Optimizer):
     @property
     def memory(self) -> Mapping[Tensor, dict[str, Tensor]]:
         """Read-only: for each parameter with a memory, ``critical_store``, ``critical_sum`` (the
-        plain sum of the stored gradients), ``critical_priority``, ``critical_age`` and
+        sum of the stored gradients, from the state's scaled sum: inf where the sum itself
+        exceeds the dtype's range), ``critical_priority``, ``critical_age`` and
         ``critical_stats``, read from its state."""
-        return _MemoryView(self)
+        return S.MemoryView(self)
 
     # ---------------------------------------------------------------- torch.optim API
 
@@ -317,7 +237,7 @@ class CriticalGradients(Optimizer):
             created = self._memory_step()
             self.last_step_implementation = "eager"
         if created:  # first offers: only then is the state's structure changed
-            _insert(self.state, created)
+            S.insert(self.state, created)
         return loss
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -342,7 +262,7 @@ class CriticalGradients(Optimizer):
             rest[index] = {k: v for k, v in entry.items() if not k.startswith("critical_")}
             if saved and index in param_of:  # (else the base refuses the state below)
                 p = param_of[index]
-                memory[p] = _checked(saved, p, topC_of[p], store_dtype_of[index], index)
+                memory[p] = S.checked(saved, p, topC_of[p], store_dtype_of[index], index)
         old_groups = self.param_groups
         self.base.load_state_dict({**state_dict, "state": {i: e for i, e in rest.items() if e}})
         for group, old in zip(self.param_groups, old_groups):
@@ -351,7 +271,7 @@ class CriticalGradients(Optimizer):
                 group.setdefault(name, old[name])
             for p in group["params"]:
                 if p in memory:
-                    self.state[p].update(_restored(memory[p], p, group))
+                    self.state[p].update(S.restored(memory[p], p, group))
 
     # ---------------------------------------------------------------- statistics
 
@@ -373,43 +293,7 @@ class CriticalGradients(Optimizer):
         - ``last_key``: the mean over tensors of the key each was last offered with, to set
           against the priorities (None before the first offer).
         """
-        results = []
-        for group in self.param_groups:
-            params = list(dict.fromkeys(group["params"]))
-            row: dict[str, Any] = dict.fromkeys(M.STAT_FIELDS, 0)
-            row.update(
-                filled=0,
-                capacity=group["topC"] * len(params),
-                mean_age=None,
-                max_age=None,
-                mean_eviction_age=None,
-                min_priority=None,
-                mean_priority=None,
-                last_key=None,
-            )
-            states = [self.state[p] for p in params if STORE in self.state.get(p, {})]
-            if states:
-
-                def gathered(name: str, states=states) -> Tensor:
-                    return torch.stack([s[name].cpu() for s in states])
-
-                row.update(zip(M.STAT_FIELDS, gathered(STATS).sum(0).tolist()))
-                age, priority = gathered(AGE), gathered(PRIORITY)
-                held = age >= 0
-                row["filled"] = int(held.sum())
-                if row["filled"]:
-                    row["mean_age"] = float(age[held].double().mean())
-                    row["max_age"] = int(age[held].max())
-                    row["min_priority"] = float(priority[held].min())
-                    row["mean_priority"] = float(priority[held].mean())
-                keys = gathered(KEY)
-                if not keys.isnan().all():
-                    row["last_key"] = float(keys.mean())
-            if row["evicted"]:
-                row["mean_eviction_age"] = row["evicted_age_sum"] / row["evicted"]
-            del row["evicted_age_sum"]
-            results.append(row)
-        return results
+        return [S.statistics(group, self.state) for group in self.param_groups]
 
     # ---------------------------------------------------------------- the memory
 
@@ -496,17 +380,7 @@ class CriticalGradients(Optimizer):
                     f"now says topC={group['topC']}, store_dtype={group['store_dtype']}"
                 )
             return state
-        dtypes = memory_dtypes(p, group)
-        topC, device = group["topC"], p.device
-        return {
-            STORE: torch.zeros((topC, *p.shape), dtype=dtypes[STORE], device=device),
-            SCALED_SUM: torch.zeros(p.shape, dtype=dtypes[SCALED_SUM], device=device),
-            PRIORITY: torch.zeros(topC, dtype=dtypes[PRIORITY], device=device),
-            AGE: torch.full((topC,), -1, dtype=torch.int64, device=device),
-            STATS: torch.zeros(len(M.STAT_FIELDS), dtype=torch.int64, device=device),
-            # (1,), not 0-d: dynamo reads a 0-d CPU tensor as a Python number, and guards on it.
-            KEY: torch.full((1,), math.nan, dtype=dtypes[KEY], device=device),
-        }
+        return S.new_memory(p, group)
 
     def _apply(self, plans: list[_Plan]) -> None:
         """Give the base the directions as gradients, run it, give the gradients back, commit."""
@@ -560,18 +434,9 @@ class CriticalGradients(Optimizer):
             (PRIORITY, priority),
             (AGE, age),
             (STATS, plan.stats + increment),
-            (KEY, plan.keys[:, None].to(plan.memories[0][KEY].dtype)),
+            (S.KEY, plan.keys[:, None].to(plan.memories[0][S.KEY].dtype)),
         ):
             torch._foreach_copy_([m[name] for m in plan.memories], list(values.unbind(0)))
-
-
-@torch.compiler.disable
-def _insert(state: Any, created: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
-    """Put new memories into the parameters' state, after the base initialised its own (torch's
-    optimizers initialise a parameter's state when it is empty). Never traced: dynamo would
-    write back its own view of the state dicts, from before the base initialised them."""
-    for p, memory in created:
-        state[p].update(memory)
 
 
 def _torch_step_wrappers() -> set[Any]:
@@ -604,7 +469,7 @@ def _unhooked_step(optimizer: Optimizer) -> Callable[[], Any]:
 
 def _norms(grads: list[Tensor]) -> Tensor:
     """``(n,)`` float64: the L2 norm of each gradient, on the first gradient's device."""
-    low = [g.dtype in _LOW_PRECISION for g in grads]
+    low = [g.dtype in S.LOW_PRECISION for g in grads]
     if not any(low):
         norms = list(torch._foreach_norm(grads))
     else:  # low-precision gradients: accumulate their norms in float32 at least
@@ -622,73 +487,3 @@ def _spread(values: Tensor, params: list[Tensor]) -> list[Tensor]:
     if any(p.device != values.device for p in params):
         rows = [row.to(p.device) for row, p in zip(rows, params)]
     return rows
-
-
-def _checked(
-    saved: dict[str, Tensor], p: Tensor, topC: int, store_dtype: torch.dtype | None, index: int
-) -> dict[str, Tensor]:
-    """``saved``, if it is a memory of ``p`` that this optimizer can continue; else ValueError."""
-    store = saved[STORE]
-    if tuple(store.shape[1:]) != tuple(p.shape):
-        raise ValueError(
-            f"the saved memory of parameter {index} holds gradients of shape "
-            f"{tuple(store.shape[1:])}, the parameter has shape {tuple(p.shape)}: the state "
-            "was saved for other parameters"
-        )
-    if store.shape[0] != topC:
-        raise ValueError(
-            f"the state was saved with topC={store.shape[0]}, this optimizer has "
-            f"topC={topC}; construct it with topC={store.shape[0]} to resume"
-        )
-    if store_dtype is not None and store.dtype != store_dtype:
-        raise ValueError(
-            f"the saved memory of parameter {index} is stored as {store.dtype} but its group "
-            f"says store_dtype={store_dtype}: store_dtype cannot change after the group's "
-            "first step"
-        )
-    return saved
-
-
-def _restored(saved: Mapping[str, Tensor], p: Tensor, group: Mapping[str, Any]):
-    """A saved memory on the parameter's device with the dtypes of :func:`memory_dtypes`."""
-    dtypes = memory_dtypes(p, group)
-    restored = {
-        name: saved[name].to(device=p.device, dtype=dtypes[name], copy=True)
-        for name in (STORE, PRIORITY, AGE, STATS)
-    }
-    if SCALED_SUM in saved:
-        restored[SCALED_SUM] = saved[SCALED_SUM].to(p.device, dtypes[SCALED_SUM], copy=True)
-    else:  # critgrad 0.1.0 saved the plain sum
-        plain = saved["critical_sum"].to(p.device, dtypes[SCALED_SUM], copy=True)
-        restored[SCALED_SUM] = plain.mul_(M.sum_scale(group["topC"]))
-    key = saved.get(KEY, torch.tensor([math.nan]))
-    restored[KEY] = key.to(p.device, dtypes[KEY], copy=True)
-    return restored
-
-
-class _MemoryView(Mapping):
-    """``opt.memory``: each parameter's memory as a dict of tensors, read from its state."""
-
-    def __init__(self, optimizer: CriticalGradients) -> None:
-        self._optimizer = optimizer
-
-    def __getitem__(self, p: Tensor) -> dict[str, Tensor]:
-        state = self._optimizer.state.get(p)
-        if not state or STORE not in state:
-            raise KeyError(p)
-        store = state[STORE]
-        return {
-            "critical_store": store,
-            "critical_sum": state[SCALED_SUM] / M.sum_scale(store.shape[0]),
-            "critical_priority": state[PRIORITY],
-            "critical_age": state[AGE],
-            "critical_stats": state[STATS],
-        }
-
-    def __iter__(self) -> Iterator[Tensor]:
-        groups = self._optimizer.param_groups
-        params = dict.fromkeys(p for group in groups for p in group["params"])
-        return (p for p in params if STORE in self._optimizer.state.get(p, {}))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
