@@ -54,10 +54,10 @@ RESYNC_PER_SLOT = 8
 
 
 def sum_scale(topC: int) -> float:
-    """2^-k for the smallest k with 2^k >= topC: the scaled sum of topC values of magnitude at
-    most M stays at most M, and multiplying by a power of two loses nothing (above the
-    subnormal range)."""
-    return 2.0 ** -math.ceil(math.log2(topC))
+    """2^-k for the smallest k >= 1 with 2^k >= topC: the scaled sum of topC values of magnitude
+    at most M stays at most M/2, the scaled difference of two such values at most M, and
+    multiplying by a power of two loses nothing (above the subnormal range)."""
+    return 2.0 ** -max(1, math.ceil(math.log2(topC)))
 
 
 def keys_from_norms(norms: Tensor, mode: str) -> Tensor:
@@ -121,10 +121,10 @@ def directions(
     """``s * g + b * T`` for each tensor (``s`` None means 1), in the gradients' dtypes, with T
     the scaled sum and ``b = c * s / scale``: the direction ``(g + c * S) * s``, written so that
     no intermediate overflows where the direction does not."""
-    out = torch._foreach_mul(scaled_sums, b)
     if s is None:
-        torch._foreach_add_(out, grads)
+        out = torch._foreach_addcmul(grads, scaled_sums, b)
     else:
+        out = torch._foreach_mul(scaled_sums, b)
         torch._foreach_addcmul_(out, grads, s)
     return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(out, grads)]
 
@@ -133,13 +133,14 @@ def write_slot_(
     store: Tensor, scaled_sum: Tensor, grad: Tensor, slot: Tensor, admit: Tensor, scale: float
 ) -> None:
     """Where ``admit``: ``store[slot] = grad`` and the scaled sum gains the new entry and loses the
-    one it replaced (zeros while the memory has room). Otherwise nothing changes. ``slot`` is a
-    ``(1,)`` index and ``admit`` a 0-d bool, both on the store's device."""
+    one it replaced (zeros while the memory has room). Otherwise nothing changes: the entry is
+    written back as it was and the sum gains exactly 0. ``slot`` is a ``(1,)`` index and
+    ``admit`` a 0-d bool, both on the store's device."""
     old = store.index_select(0, slot)
     new = torch.where(admit, grad.to(store.dtype).unsqueeze(0), old)
-    # (S - old) + new, each term scaled first: no intermediate exceeds the stored magnitudes.
-    updated = scaled_sum.sub(old[0], alpha=scale).add_(new[0], alpha=scale)
-    scaled_sum.copy_(torch.where(admit, updated, scaled_sum))
+    # Each term scaled before the difference: no intermediate exceeds the stored magnitudes.
+    # (In the sum's dtype: a bfloat16 store's entries are summed in float32.)
+    scaled_sum.add_(torch.mul(new[0].to(scaled_sum.dtype), scale).sub_(old[0], alpha=scale))
     store.index_copy_(0, slot, new)
 
 

@@ -90,7 +90,8 @@ class CriticalGradients(Optimizer):
             parameter's dtype.
         compile (bool): run the whole step, memory and wrapped optimizer together, as
             ``torch.compile``-d code (default: False). Faster on large models; the first steps
-            pay the compilation (seconds). ``last_step_implementation`` says which ran.
+            pay the compilation (seconds). ``last_step_implementation`` says which ran
+            (``"eager"`` or ``"compiled"``).
 
     All of these can also be given per parameter group, and changed between steps (``topC`` and
     ``store_dtype`` only before the group's first step).
