@@ -22,10 +22,18 @@ from torch.optim import Optimizer
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep
-from ._state import AGE, PRIORITY, SCALED_SUM, STATS, STORE
+from ._state import AGE, MEMORY_STATE_KEYS, PRIORITY, SCALED_SUM, STATS, STORE, memory_dtypes
 from .options import MEMORY_OPTIONS, check_memory_options, key_from_synced
 
-__all__ = ["CriticalGradients", "key_from_synced"]
+# (The helpers that lived here before, still importable from here.)
+__all__ = [
+    "MEMORY_OPTIONS",
+    "MEMORY_STATE_KEYS",
+    "CriticalGradients",
+    "check_memory_options",
+    "key_from_synced",
+    "memory_dtypes",
+]
 
 
 class _Plan(NamedTuple):
