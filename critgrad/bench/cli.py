@@ -119,23 +119,29 @@ def command_list(args) -> int:
 
 
 def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
+    """The summary line, the report, and the exit status: 1 when a run failed or the report could
+    not be written, 0 otherwise (diverged runs are results: they are counted and reported)."""
     from critgrad.bench import report as reporting
 
+    diverged = f" ({len(outcome.diverged)} diverged)" if outcome.diverged else ""
     print(
-        f"{outcome.ran} run(s) done, {outcome.skipped} already finished, "
+        f"{outcome.ran} run(s) done{diverged}, {outcome.skipped} already finished, "
         f"{len(outcome.failed)} failed; records in {sweep_obj.out}",
         file=sys.stderr,
     )
+    code = EXIT_FAILED_RUNS if outcome.failed else 0
     if report:
         try:
-            _, text, path = reporting.write_report(sweep_obj.out)
-        except ValueError as error:  # nothing to report (every run failed)
-            print(f"no report: {error}", file=sys.stderr)
-        else:
-            if print_tables:
-                print(text)
-            print(f"report: {path}", file=sys.stderr)
-    return EXIT_FAILED_RUNS if outcome.failed else 0
+            analysis, text, path = reporting.write_report(sweep_obj.out)
+        except (ValueError, OSError) as error:  # nothing to report (every run failed), or no room
+            print(f"no report: {' '.join(str(error).split())}", file=sys.stderr)
+            return EXIT_FAILED_RUNS
+        if print_tables:
+            print(text)
+        for line in reporting.unresolved_lines(analysis):
+            print(line, file=sys.stderr)
+        print(f"report: {path}", file=sys.stderr)
+    return code
 
 
 def _command_line() -> str:

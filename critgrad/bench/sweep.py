@@ -291,7 +291,23 @@ def execute_one(
     finally:  # inline runs share the caller's process: leave its setting as it was
         torch.set_num_threads(previous_threads)
     path = records.write_record(run_dir, record)
-    return {"key": spec.key(), "path": str(path), "wall_seconds": record["wall_seconds"]}
+    return {
+        "key": spec.key(),
+        "path": str(path),
+        "wall_seconds": record["wall_seconds"],
+        "diverged": _divergence_words(spec, record),
+    }
+
+
+def _divergence_words(spec: RunSpec, record: Mapping[str, Any]) -> str | None:
+    """A line for the log when the run diverged, else None."""
+    if not record.get("diverged"):
+        return None
+    where = record.get("divergence") or {}
+    return (
+        f"{spec.problem} {spec.optimizer} {dict(spec.hyperparameters)} seed {spec.seed} "
+        f"diverged at step {where.get('step', '?')} ({where.get('cause', 'non-finite values')})"
+    )
 
 
 def _safe_execute_one(*args) -> dict[str, Any]:
@@ -307,9 +323,10 @@ def _safe_execute_one(*args) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Outcome:
-    ran: int = 0
+    ran: int = 0  # runs that finished here, diverged ones included
     skipped: int = 0
     failed: list[str] = dataclasses.field(default_factory=list)
+    diverged: list[str] = dataclasses.field(default_factory=list)  # one line per diverged run
 
 
 def pending(
@@ -370,6 +387,9 @@ def execute(
             log(f"run failed: {summary['key']}: {summary['error']}")
         else:
             outcome.ran += 1
+            if summary.get("diverged"):
+                outcome.diverged.append(summary["diverged"])
+                log(f"run diverged: {summary['diverged']}")
         bar.update(1)
 
     try:

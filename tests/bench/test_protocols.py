@@ -127,6 +127,40 @@ def record(seed, valid_curve, test_curve, higher=True):
     }
 
 
+def diverged(run, with_details=True):
+    """The run, marked as the runner marks a diverged one (``with_details=False``: as records
+    written before the runner recorded where)."""
+    run = {**run, "diverged": True}
+    if with_details:
+        run["divergence"] = {"step": 3, "epoch": 0.1, "cause": "non-finite training loss"}
+    return run
+
+
+@pytest.mark.parametrize(
+    "run, expected",
+    [
+        (record(0, [0.9], [0.9]), False),
+        (diverged(record(0, [0.9], [0.9])), True),
+        (diverged(record(0, [0.9], [0.9]), with_details=False), True),
+        # Older records: a non-finite final number (stored as null) means the run diverged.
+        ({**record(0, [0.9], [0.9]), "final": {"valid_metric": 0.9, "test_metric": None}}, True),
+        ({**record(0, [0.9], [0.9]), "steps": 5, "final": {"train_loss": None}}, True),
+        ({**record(0, [0.9], [0.9]), "steps": 0, "final": {"train_loss": None}}, False),
+    ],
+)
+def test_diverged(run, expected):
+    assert scoring.diverged(run) is expected
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+@pytest.mark.parametrize("reduce", ["final", "best"])
+@pytest.mark.parametrize("higher", [True, False])
+def test_a_diverged_run_scores_worst_whatever_it_measured(split, reduce, higher):
+    # The paper's "best over epochs" must not pick a point of a run that later diverged either.
+    run = diverged(record(0, [0.1, 0.9, 0.8], [0.2, 0.7, 0.5], higher))
+    assert scoring.run_score(run, split, reduce) == (-math.inf if higher else math.inf)
+
+
 @pytest.mark.parametrize(
     "split, reduce, higher, expected",
     [
@@ -172,8 +206,46 @@ def test_missing_or_nan_scores_worst(higher, expected):
             None,
             "b",
         ),
-        ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, "b"),
+        # A configuration without a finite score is never selected, even when it is the only one.
+        ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, None),
         ({"a": []}, True, None, None),
+        # A diverged run (a NaN model still predicts one class: 10 %) loses to a poor finite one.
+        (
+            {"a": [diverged(record(0, [0.10], [0.1]))], "b": [record(0, [0.09], [0])]},
+            True,
+            None,
+            "b",
+        ),
+        # One diverged seed disqualifies the configuration.
+        (
+            {
+                "a": [record(0, [0.9], [0]), diverged(record(1, [0.9], [0]))],
+                "b": [record(0, [0.5], [0])],
+            },
+            True,
+            None,
+            "b",
+        ),
+        # ... on the selection seeds only.
+        (
+            {
+                "a": [record(0, [0.9], [0]), diverged(record(1, [0.9], [0]))],
+                "b": [record(0, [0.5], [0])],
+            },
+            True,
+            (0,),
+            "a",
+        ),
+        # Every configuration diverged: none is selected (lower is better: NaN must not win).
+        (
+            {
+                "a": [diverged(record(0, [2.0], [0], False))],
+                "b": [diverged(record(0, [3.0], [0], False))],
+            },
+            False,
+            None,
+            None,
+        ),
     ],
 )
 def test_select(groups, higher, seeds, expected):
@@ -185,11 +257,17 @@ def test_select(groups, higher, seeds, expected):
 
 @pytest.mark.parametrize(
     "values, mean, std",
-    [([0.91, 0.92, 0.93], 0.92, 0.01), ([1.0, 3.0], 2.0, math.sqrt(2.0)), ([5.0], 5.0, math.nan)],
+    [
+        ([0.91, 0.92, 0.93], 0.92, 0.01),
+        ([1.0, 3.0], 2.0, math.sqrt(2.0)),
+        ([5.0], 5.0, math.nan),
+        ([0.9, math.nan, 0.8], math.nan, math.nan),  # a diverged seed: no number at all
+    ],
 )
 def test_mean_std(values, mean, std):
     m, s, n = scoring.mean_std(values)
-    assert m == pytest.approx(mean) and n == len(values)
+    assert (math.isnan(m) and math.isnan(mean)) or m == pytest.approx(mean)
+    assert n == len(values)
     assert (math.isnan(s) and math.isnan(std)) or s == pytest.approx(std)
 
 
