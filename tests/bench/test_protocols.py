@@ -92,21 +92,48 @@ def test_fixed_and_default_configs():
     "call, match",
     [
         (lambda: protocols.fair(["sgd", "nope"]), "unknown optimizer 'nope'"),
-        (lambda: protocols.fair([]), "optimizers must not be empty"),
+        (lambda: protocols.fair([]), r"optimizers = \[\]: expected a non-empty list of names"),
         (lambda: protocols.fair(["sgd", "sgd"]), "duplicates"),
-        (lambda: protocols.fair(["sgd"], seeds=[]), "seeds must not be empty"),
+        (lambda: protocols.fair(["sgd"], seeds=[]), r"seeds = \[\]: expected a non-empty list"),
         (lambda: protocols.fair(["sgd"], seeds=[1, 1]), "seeds has duplicates"),
-        (lambda: protocols.fair(["sgd"], lrs=[-0.1]), "lrs must be"),
-        (lambda: protocols.fair(["sgd"], memory_search="all"), "memory_search must be one of"),
-        (
-            lambda: protocols.fair(["sgd_c"], lrs=[1, 2, 3], topCs=[], memory_search="sampled"),
-            "memory grid has 0 points",
-        ),
+        (lambda: protocols.fair(["sgd"], lrs=[-0.1]), r"lrs = \[-0.1\]: expected a non-empty"),
+        (lambda: protocols.fair(["sgd"], memory_search="all"), r"memory_search = 'all': expected"),
+        # Wrong types: a number where a list belongs, a string where a number belongs, ...
+        (lambda: protocols.fair(["sgd"], lrs=0.1), r"lrs = 0.1: expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], seeds=3), "seeds = 3: expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], seeds=[0.5]), "integers >= 0"),
+        (lambda: protocols.fair(["sgd"], seeds=[-1]), "integers >= 0"),
+        (lambda: protocols.fair(["sgd"], seeds=[True]), "integers >= 0"),
+        (lambda: protocols.fair("sgd"), "optimizers = 'sgd': expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], lrs=[float("inf")]), "finite numbers > 0"),
+        (lambda: protocols.fair(["sgd"], lrs=["0.1"]), "finite numbers > 0"),
+        (lambda: protocols.fair(["sgd_c"], topCs=[0]), "topCs = \\[0\\]: expected"),
+        (lambda: protocols.fair(["sgd_c"], decays=[1.5]), "decays = \\[1.5\\]: expected"),
+        (lambda: protocols.fair(["sgd_c"], memory=5), "memory = 5: expected a table"),
+        (lambda: protocols.fair(["sgd"], extra={"sgd": 5}), "hyperparameters.sgd = 5"),
+        (lambda: protocols.fair(["sgd"], extra={"sgd": {"lr": float("nan")}}), "finite"),
+        (lambda: protocols.paper(["sgd_c"], kappa="1"), "kappa = '1': expected a finite number"),
+        (lambda: protocols.fixed({"sgd": 0.1}, seeds=[0]), "fixed.sgd = 0.1: expected a table"),
+        (lambda: protocols.fixed({"sgd": {"lr": object()}}, seeds=[0]), "fixed.sgd.lr = "),
     ],
 )
 def test_invalid_protocol_arguments(call, match):
     with pytest.raises((ValueError, KeyError), match=match):
         call()
+
+
+def test_numpy_scalars_are_the_numbers_they_stand_for():
+    np = pytest.importorskip("numpy")
+    protocol = protocols.fair(
+        ["sgd_c"],
+        lrs=np.array([0.1, 0.01]),
+        seeds=[np.int64(0)],
+        extra={"sgd_c": {"topC": np.int64(5), "decay": np.float32(0.7)}},
+    )
+    config = protocol.configs["sgd_c"][0]
+    assert config == {"topC": 5, "decay": 0.7, "kappa": 1.0, "lr": 0.1}
+    assert type(config["topC"]) is int and type(config["decay"]) is float
+    assert protocol.seeds == (0,) and type(protocol.seeds[0]) is int
 
 
 def test_protocol_round_trips_through_the_manifest_dict():

