@@ -96,26 +96,32 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
 
 def command_list(args) -> int:
     from critgrad.bench import optimizer_labels
-    from critgrad.bench.datasets import locate
-    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.datasets import verify
+    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import list_problems
 
     problems = list_problems()
     width = max((len(p.name) for p in problems), default=8)
     print(f"problems (data status for --data-dir {args.data_dir or '(none)'}; sizes):")
-    missing = []
+    missing, corrupt, status_of = [], [], {}
     for problem in problems:
-        try:
-            status = f"ok      {locate(problem.dataset, args.data_dir)}"
-        except DataUnavailable as error:
-            status = f"missing {problem.dataset}"
-            missing.append(str(error))
-        except KeyError:
-            status = f"?       {problem.dataset} (no locator)"
+        if problem.dataset not in status_of:  # each data set is checked once
+            try:
+                status_of[problem.dataset] = f"ok      {verify(problem.dataset, args.data_dir)}"
+            except DataUnavailable as error:
+                status_of[problem.dataset] = f"missing {problem.dataset}"
+                missing.append(str(error))
+            except CorruptData as error:
+                status_of[problem.dataset] = f"corrupt {problem.dataset}"
+                corrupt.append(" ".join(str(error).split()))
+            except KeyError:
+                status_of[problem.dataset] = f"?       {problem.dataset} (no locator)"
         print(f"  {problem.name:<{width}}  {'/'.join(problem.sizes)}  {problem.description}")
-        print(f"  {'':<{width}}  data: {status}")
+        print(f"  {'':<{width}}  data: {status_of[problem.dataset]}")
     for message in dict.fromkeys(missing):
         print(f"  missing data: {message}")
+    for message in dict.fromkeys(corrupt):  # a folder may serve two data sets
+        print(f"  corrupt data: {message}")
     try:
         labels = optimizer_labels.known_labels()
         aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
@@ -315,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from critgrad.bench.optimizer_labels import UnknownOptimizer
-    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import UnknownProblem
 
     try:
@@ -326,12 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownProblem,
         UnknownOptimizer,
         DataUnavailable,
+        CorruptData,
         ValueError,
         FileNotFoundError,
         RuntimeError,
     ) as error:
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `critgrad list | head`: the reader has gone, nothing to say
+        return EXIT_FAILED_RUNS
     except OSError as error:  # the disk, not the input: full, gone, permissions changed mid-run
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILED_RUNS

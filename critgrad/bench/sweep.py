@@ -241,7 +241,7 @@ def preflight(sweep: Sweep) -> None:
     optimizers' hyperparameters (an optimizer built and stepped once on a probe), the executor,
     then the data (present and intact), and last the output folder (created, and written to once).
     Values are normalised in place (numpy scalars become Python numbers)."""
-    from critgrad.bench.datasets import locate
+    from critgrad.bench.datasets import verify
     from critgrad.bench.problems import get_problem
 
     values.strings("problems", sweep.problems)
@@ -277,9 +277,9 @@ def preflight(sweep: Sweep) -> None:
 
     sink_module.check_config(sweep.sinks)
     values.path("data_dir", sweep.data_dir, optional=True)
-    for spec in specs:
+    for dataset in dict.fromkeys(spec.dataset for spec in specs):
         with contextlib.suppress(KeyError):  # a loader without a locator reports missing data
-            locate(spec.dataset, sweep.data_dir)
+            verify(dataset, sweep.data_dir)  # missing or corrupt: once here, not in every run
     writable_folder(sweep.out)
 
 

@@ -10,7 +10,7 @@ import pytest
 from benchtools import TINY_TEST, TINY_TRAIN, tiny_images, write_idx_gz, write_tiny_mnist
 
 from critgrad.bench.datasets import idx, locate, mnist
-from critgrad.bench.problem import DataUnavailable
+from critgrad.bench.problem import CorruptData, DataUnavailable
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -110,7 +110,9 @@ def test_search_order_user_folder_then_environment_then_package(tmp_path, monkey
 def test_inconsistent_files_are_an_error(tmp_path):
     folder = write_tiny_mnist(tmp_path)
     write_idx_gz(folder / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(
+        CorruptData, match=r"train-labels-idx1-ubyte\.gz: 3 labels for the 120 images"
+    ):
         mnist.load("mnist", folder, valid_size=1)
 
 

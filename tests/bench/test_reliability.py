@@ -379,3 +379,466 @@ def test_a_manifest_missing_a_field_is_one_line(capsys, tmp_path, change, reason
     path.write_text(json.dumps(manifest))
     code, out, err = run_cli(capsys, "report", tmp_path / "run", "--no-plots")
     assert_one_line_error(code, out, err, f"{path} is broken ({reason}")
+
+
+# ---- 6. corrupt data files, of every format read from a user folder -----------------------------
+
+
+def _gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data)
+
+
+def _idx(array) -> bytes:
+    """An idx file's bytes, written by hand (big-endian header and data)."""
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array)
+    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def _labels(values) -> bytes:
+    import numpy as np
+
+    return _gz(_idx(np.asarray(values, dtype=np.uint8)))
+
+
+class _Code:
+    """A pickle that runs ``call(*args)`` when loaded by plain pickle.loads."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def _pickle(payload) -> bytes:
+    import pickle
+
+    return pickle.dumps(payload, protocol=2)
+
+
+def _cifar_batch(change: dict) -> bytes:
+    from fixtures_other import cifar_images
+
+    data, labels = cifar_images(20, 10, 1)
+    return _pickle({b"batch_label": b"x", b"labels": labels, b"data": data, **change})
+
+
+def _mnist(root):
+    from benchtools import write_tiny_mnist
+
+    write_tiny_mnist(root)
+
+
+def _cifar(root):
+    from fixtures_other import write_cifar
+
+    write_cifar(root, "cifar10")
+
+
+def _cifar_archive(root):
+    from fixtures_other import write_cifar
+
+    write_cifar(root, "cifar10", archive=True)
+
+
+def _ptb(root):
+    from fixtures_other import write_ptb
+
+    write_ptb(root)
+
+
+def _snli(root):
+    from fixtures_other import write_snli
+
+    write_snli(root)
+
+
+def _covtype(root):
+    from fixtures_other import write_svmlight
+
+    write_svmlight(root, "covtype")
+
+
+def _bz2(text: str) -> bytes:
+    import bz2
+
+    return bz2.compress(text.encode())
+
+
+def _marker(root) -> Path:
+    return root / "code-ran"
+
+
+def _evil(root, call):
+    import builtins
+    import os as operating_system
+
+    marker = str(_marker(root))
+    calls = {
+        "os.system": (operating_system.system, f"touch {marker}"),
+        "exec": (builtins.exec, f"open({marker!r}, 'w').close()"),
+        "eval": (builtins.eval, f"open({marker!r}, 'w').close()"),
+    }
+    return _Code(*calls[call])
+
+
+MNIST_LABELS = "train-labels-idx1-ubyte.gz"
+MNIST_IMAGES = "t10k-images-idx3-ubyte.gz"
+CIFAR_BATCH = "cifar-10-batches-py/data_batch_1"
+
+# (id, problem, data writer, file under the data folder, new contents from (root, old bytes),
+#  what the one line must say)
+CORRUPT_FILES = [
+    # idx (.gz and plain), MNIST
+    ("idx-empty", "mnist-logreg", _mnist, MNIST_LABELS, lambda r, b: b"", "empty file"),
+    (
+        "idx-gzip-cut",
+        "mnist-logreg",
+        _mnist,
+        MNIST_IMAGES,
+        lambda r, b: b[: len(b) // 2],
+        "cannot be read (EOFError: Compressed file ended",
+    ),
+    (
+        "idx-not-gzip",
+        "mnist-logreg",
+        _mnist,
+        MNIST_IMAGES,
+        lambda r, b: b"<html>404</html>",
+        "cannot be read (BadGzipFile",
+    ),
+    (
+        "idx-payload-cut",
+        "mnist-logreg",
+        _mnist,
+        MNIST_IMAGES,
+        lambda r, b: _gz(__import__("gzip").decompress(b)[:-7]),
+        "needs 23520 (truncated)",
+    ),
+    (
+        "idx-bad-magic",
+        "mnist-logreg",
+        _mnist,
+        MNIST_LABELS,
+        lambda r, b: _gz(b"\x01\x02\x03\x04" + b"\x00" * 20),
+        "not an idx file (bad magic number)",
+    ),
+    (
+        "idx-label-range",
+        "mnist-logreg",
+        _mnist,
+        MNIST_LABELS,
+        lambda r, b: _labels([12] * 120),
+        "label 12 outside 0..9",
+    ),
+    (
+        "idx-image-shape",
+        "mnist-logreg",
+        _mnist,
+        MNIST_IMAGES,
+        lambda r, b: _gz(_idx(__import__("numpy").zeros((30, 27, 27), "uint8"))),
+        "images of shape (27, 27), expected (28, 28)",
+    ),
+    (
+        "idx-element-type",
+        "mnist-logreg",
+        _mnist,
+        MNIST_LABELS,
+        lambda r, b: _gz(_idx(__import__("numpy").zeros(120, "int32"))),
+        "idx elements are int32, the release's are uint8",
+    ),
+    (
+        "idx-count-mismatch",
+        "mnist-logreg",
+        _mnist,
+        MNIST_LABELS,
+        lambda r, b: _labels([1, 2, 3]),
+        "3 labels for the 120 images of train-images-idx3-ubyte.gz",
+    ),
+    (
+        "idx-official-size-not-official",
+        "mnist-logreg",
+        _mnist,
+        MNIST_LABELS,
+        lambda r, b: _labels([0] * 60_000),
+        "MNIST file but not its contents (md5 of its idx bytes",
+    ),
+    # CIFAR python pickles, extracted and as the archive
+    ("pickle-empty", "cifar10-cnn", _cifar, CIFAR_BATCH, lambda r, b: b"", "empty file"),
+    (
+        "pickle-cut",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: b[: len(b) // 3],
+        "not a readable pickle",
+    ),
+    (
+        "pickle-not-a-pickle",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: b"hello, world",
+        "not a readable pickle",
+    ),
+    *(
+        (
+            f"pickle-runs-{call}",
+            "cifar10-cnn",
+            _cifar,
+            CIFAR_BATCH,
+            lambda r, b, call=call: _pickle(_evil(r, call)),
+            "not a data pickle, refused: the file asks for",
+        )
+        for call in ("os.system", "exec", "eval")
+    ),
+    (
+        "pickle-runs-code-inside-a-batch",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _cifar_batch({b"labels": _evil(r, "os.system")}),
+        "refused: the file asks for posix.system",
+    ),
+    (
+        "pickle-object-array",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _cifar_batch({b"data": __import__("numpy").array([1, "a"], dtype=object)}),
+        "refused: a numpy array of object (holds Python objects)",
+    ),
+    (
+        "pickle-array-subclass",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _cifar_batch({b"data": __import__("numpy").ma.masked_array([1, 2])}),
+        "refused: the file asks for numpy.ma.core",
+    ),
+    (
+        "pickle-not-a-dict",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _pickle([1, 2, 3]),
+        "holds a list, a CIFAR batch is a dict",
+    ),
+    (
+        "pickle-label-range",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _cifar_batch({b"labels": [10] * 20}),
+        "labels outside 0..9",
+    ),
+    (
+        "pickle-data-type",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _cifar_batch({b"data": __import__("numpy").zeros((20, 3072))}),
+        "b'data' is not a uint8 array",
+    ),
+    (
+        "pickle-missing-key",
+        "cifar10-cnn",
+        _cifar,
+        CIFAR_BATCH,
+        lambda r, b: _pickle({b"data": 1}),
+        "lacks the keys b'data' and b'labels'",
+    ),
+    (
+        "archive-cut",
+        "cifar10-cnn",
+        _cifar_archive,
+        "cifar-10-python.tar.gz",
+        lambda r, b: b[: len(b) // 2],
+        "not a readable archive",
+    ),
+    # word-level text
+    (
+        "text-not-utf8",
+        "ptb-lstm",
+        _ptb,
+        "ptb/ptb.train.txt",
+        lambda r, b: b"\xff\xfe\x00 not text",
+        "not UTF-8 text (byte 0",
+    ),
+    ("text-empty", "ptb-lstm", _ptb, "ptb/ptb.valid.txt", lambda r, b: b"", "empty file"),
+    (
+        "text-no-words",
+        "ptb-lstm",
+        _ptb,
+        "ptb/ptb.test.txt",
+        lambda r, b: b"  \n \n",
+        "the test split holds no words",
+    ),
+    # SNLI jsonl and GloVe text
+    (
+        "jsonl-not-json",
+        "snli-infersent",
+        _snli,
+        "snli_1.0/snli_1.0_train.jsonl",
+        lambda r, b: b"{oops\n" + b,
+        "snli_1.0_train.jsonl:1: not an SNLI record",
+    ),
+    (
+        "jsonl-not-an-object",
+        "snli-infersent",
+        _snli,
+        "snli_1.0/snli_1.0_dev.jsonl",
+        lambda r, b: b + b"[1, 2]\n",
+        "snli_1.0_dev.jsonl:",
+    ),
+    (
+        "jsonl-missing-field",
+        "snli-infersent",
+        _snli,
+        "snli_1.0/snli_1.0_test.jsonl",
+        lambda r, b: b'{"gold_label": "neutral", "sentence1": 3}\n' + b,
+        "snli_1.0_test.jsonl:1: not an SNLI record",
+    ),
+    (
+        "jsonl-empty",
+        "snli-infersent",
+        _snli,
+        "snli_1.0/snli_1.0_dev.jsonl",
+        lambda r, b: b"",
+        "holds no labelled sentence pair",
+    ),
+    (
+        "jsonl-not-utf8",
+        "snli-infersent",
+        _snli,
+        "snli_1.0/snli_1.0_train.jsonl",
+        lambda r, b: b"\xff\xfe\n",
+        "snli_1.0_train.jsonl:1: not UTF-8 text",
+    ),
+    (
+        "glove-not-a-number",
+        "snli-infersent",
+        _snli,
+        "glove.tiny.8d.txt",
+        lambda r, b: b.replace(b"\n", b"\ncat a b c d e f g h\n", 1),
+        "glove.tiny.8d.txt:2: expected a word and 8 numbers",
+    ),
+    (
+        "glove-non-finite",
+        "snli-infersent",
+        _snli,
+        "glove.tiny.8d.txt",
+        lambda r, b: b.replace(b"\n", b"\ncat nan 0 0 0 0 0 0 0\n", 1),
+        "glove.tiny.8d.txt:2: a vector with a non-finite component",
+    ),
+    # svmlight (bz2)
+    (
+        "svmlight-bz2-cut",
+        "covtype-logreg",
+        _covtype,
+        "covtype.bz2",
+        lambda r, b: b[: len(b) // 2],
+        "cannot be read",
+    ),
+    (
+        "svmlight-bad-label",
+        "covtype-logreg",
+        _covtype,
+        "covtype.bz2",
+        lambda r, b: _bz2("x 1:2\n"),
+        "covtype.bz2:1: label 'x' is not a number",
+    ),
+    (
+        "svmlight-foreign-label",
+        "covtype-logreg",
+        _covtype,
+        "covtype.bz2",
+        lambda r, b: _bz2("9 1:2\n1 1:3\n"),
+        "labels [9.0] are not covtype's",
+    ),
+    (
+        "svmlight-bad-feature",
+        "covtype-logreg",
+        _covtype,
+        "covtype.bz2",
+        lambda r, b: _bz2("1 1:2\n2 3:abc\n"),
+        "covtype.bz2:2: '3:abc' is not INDEX:VALUE",
+    ),
+    (
+        "svmlight-non-finite",
+        "covtype-logreg",
+        _covtype,
+        "covtype.bz2",
+        lambda r, b: _bz2("1 1:2\n2 3:inf\n"),
+        "'3:inf' is not INDEX:VALUE with an index >= 0 and a finite value",
+    ),
+    ("svmlight-empty", "covtype-logreg", _covtype, "covtype.bz2", lambda r, b: _bz2(""), "no rows"),
+]
+
+
+@pytest.fixture
+def corrupted(tmp_path, request):
+    """The data folder of one CORRUPT_FILES case, the bad file, and the expected message."""
+    _, problem, write, relative, change, expected = request.param
+    root = tmp_path / "data"
+    write(root)
+    target = root / relative
+    target.write_bytes(change(root, target.read_bytes()))
+    return problem, root, target, expected
+
+
+@pytest.mark.parametrize(
+    "corrupted", CORRUPT_FILES, ids=[c[0] for c in CORRUPT_FILES], indirect=True
+)
+def test_a_corrupt_file_is_named_by_list_and_stops_a_run_before_it_starts(
+    capsys, tmp_path, corrupted
+):
+    from critgrad.bench.problems import get_problem
+
+    problem, root, target, expected = corrupted
+    dataset = get_problem(problem).dataset
+    code, out, err = run_cli(capsys, "list", "--data-dir", root)
+    assert code == 0, err
+    assert f"data: corrupt {dataset}" in out
+    lines = [line for line in out.splitlines() if line.startswith("  corrupt data: ")]
+    assert lines and all(str(target) in line and expected in line for line in lines)
+
+    code, out, err = run_cli(
+        capsys,
+        *("run", problem, "--optimizers", "sgd", "--data-dir", root),
+        *("--out", tmp_path / "out", "--quiet"),
+    )
+    assert_one_line_error(code, out, err, expected)
+    assert str(target) in err
+    assert not (tmp_path / "out").exists()  # once, before any run, not in every run
+    assert not _marker(root).exists()  # no code from the data folder ran
+
+
+def test_the_crafted_pickles_do_run_code_with_plain_pickle(tmp_path):
+    # The cases above would prove nothing if their pickles were harmless.
+    import pickle
+
+    for call in ("os.system", "exec", "eval"):
+        pickle.loads(_pickle(_evil(tmp_path, call)))
+        assert _marker(tmp_path).exists()
+        _marker(tmp_path).unlink()
+
+
+def test_an_intact_copy_of_each_format_is_ok(capsys, tmp_path):
+    root = tmp_path / "data"
+    for write in (_mnist, _cifar, _ptb, _snli, _covtype):
+        write(root)
+    code, out, _ = run_cli(capsys, "list", "--data-dir", root)
+    assert code == 0 and "corrupt" not in out
+    lines = out.splitlines()
+    for problem in ("mnist-logreg", "cifar10-cnn", "ptb-lstm", "snli-infersent", "covtype-logreg"):
+        row = next(i for i, line in enumerate(lines) if line.strip().startswith(problem + " "))
+        assert lines[row + 1].split()[:2] == ["data:", "ok"], lines[row + 1]

@@ -145,7 +145,7 @@ def _svmlight_data(name: str, settings: dict[str, Any], data_dir: str | None):
         settings["test_fraction"],
     )
     if key not in _CACHE:
-        rows = svmlight.sample(path, settings["rows"], settings["data_seed"])
+        rows = svmlight.sample(path, settings["rows"], settings["data_seed"], name)
         split = standardised_split(
             rows.features, rows.labels, settings["test_fraction"], settings["data_seed"]
         )
