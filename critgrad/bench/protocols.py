@@ -140,9 +140,13 @@ def _check_optimizers(optimizers: Sequence[str]) -> list[str]:
     return list(optimizers)
 
 
-def _seed_note(seeds: Sequence[int]) -> str:
+def seed_note(seeds: Sequence[int]) -> str:
+    """The seeds in words, as the protocols' notes write them."""
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
     return note + (" - fewer than the 5 the fair protocol asks for" if len(seeds) < 5 else "")
+
+
+_seed_note = seed_note
 
 
 def extra_hyperparameters(

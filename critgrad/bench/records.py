@@ -96,12 +96,21 @@ def finite_or_none(value: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new, whole."""
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new, whole.
+
+    The temporary file is named after its writer (host and pid: see
+    :func:`critgrad.bench.claims.clean_stale`) and gets the mode the umask gives, as ``open()``
+    would (``mkstemp`` alone makes it 0600)."""
+    from critgrad.bench import claims
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=claims.temporary_name(path), suffix=claims.TMP_SUFFIX, dir=path.parent
+    )
     try:
-        with os.fdopen(handle, "w") as stream:
+        os.fchmod(handle, claims.file_mode())
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(finite_or_none(data), stream, indent=1, allow_nan=False)
             stream.flush()
             os.fsync(stream.fileno())

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import multiprocessing
 import os
@@ -52,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from critgrad.bench import optimizer_labels, protocols, records, scoring, values
+from critgrad.bench import claims, optimizer_labels, protocols, records, scoring, values
 from critgrad.bench.protocols import Protocol
 from critgrad.bench.records import RunSpec
 
@@ -309,20 +308,31 @@ def execute_one(
     threads: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run one spec and write its record; returns a short summary. Runs in workers too."""
+    """Claim one spec, run it and write its record; returns a short summary. Runs in workers and
+    submitit jobs too. A spec whose record exists meanwhile, or that another live process has
+    claimed, is not run: the summary says ``done_elsewhere`` or ``claimed_by``."""
     import torch
 
     from critgrad.bench import runner
 
     spec = RunSpec.from_dict(spec_data)
+    path = records.record_path(run_dir, spec)
+    claimed, owner = claims.claim(path, lambda: records.finished(run_dir, spec)[0])
+    if not claimed:
+        if owner is None:
+            return {"key": spec.key(), "done_elsewhere": True}
+        return {"key": spec.key(), "claimed_by": claims.describe(owner)}
     previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        record = runner.run(spec, data_dir=data_dir, progress=progress, sink_config=sink_config)
-    finally:  # inline runs share the caller's process: leave its setting as it was
-        torch.set_num_threads(previous_threads)
-    path = records.write_record(run_dir, record)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            record = runner.run(spec, data_dir=data_dir, progress=progress, sink_config=sink_config)
+        finally:  # inline runs share the caller's process: leave its setting as it was
+            torch.set_num_threads(previous_threads)
+        path = records.write_record(run_dir, record)
+    finally:
+        claims.release(path)
     return {
         "key": spec.key(),
         "path": str(path),
@@ -356,9 +366,14 @@ def _safe_execute_one(*args) -> dict[str, Any]:
 @dataclasses.dataclass
 class Outcome:
     ran: int = 0  # runs that finished here, diverged ones included
-    skipped: int = 0
+    skipped: int = 0  # runs whose record was there before
     failed: list[str] = dataclasses.field(default_factory=list)
     diverged: list[str] = dataclasses.field(default_factory=list)  # one line per diverged run
+    elsewhere: int = 0  # runs another sweep in the same directory finished while this one waited
+
+
+# Seconds between looks at runs that another sweep has claimed (their records, their claims).
+POLL_SECONDS = 2.0
 
 
 def pending(
@@ -393,11 +408,14 @@ def execute(
     progress: bool = False,
     log: Log = _stderr,
     outcome: Outcome | None = None,
+    on_result: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run the specs that have no record yet, with the chosen executor.
+    """Run the specs that have no record yet, with the chosen executor, each exactly once across
+    every sweep working in ``run_dir``: a spec another live process has claimed is left to it, and
+    this call returns when its record is there (or runs it, when its owner died without one).
 
     Counts go into ``outcome`` (a new one by default) as runs finish, so that a caller still has
-    them when the sweep is interrupted.
+    them when the sweep is interrupted; ``on_result`` is called after each.
     """
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {kind!r}")
@@ -406,38 +424,125 @@ def execute(
     todo, skipped = pending(specs, run_dir, log)
     outcome = outcome if outcome is not None else Outcome()
     outcome.skipped += skipped
-    if not todo:
-        return outcome
+    waited: set[str] = set()
+    while todo:
+        waiting = [spec for spec in todo if _held_elsewhere(run_dir, spec)]
+        mine = [spec for spec in todo if spec not in waiting]
+        for summary in _dispatch(
+            mine,
+            run_dir,
+            kind=kind,
+            workers=workers,
+            threads=threads,
+            data_dir=data_dir,
+            sink_config=sink_config,
+            submitit_params=submitit_params,
+            progress=progress,
+            description=f"runs ({outcome.skipped} already done)",
+        ):
+            if "claimed_by" in summary:
+                waiting.append(next(s for s in mine if s.key() == summary["key"]))
+            elif summary.get("done_elsewhere"):
+                outcome.elsewhere += 1
+            elif "error" in summary:
+                outcome.failed.append(f"{summary['key']}: {summary['error']}")
+                log(f"run failed: {summary['key']}: {summary['error']}")
+            else:
+                outcome.ran += 1
+                if summary.get("diverged"):
+                    outcome.diverged.append(summary["diverged"])
+                    log(f"run diverged: {summary['diverged']}")
+            if on_result is not None:
+                on_result()
+        if not waiting:
+            break
+        fresh = [spec for spec in waiting if spec.key() not in waited]
+        if fresh:
+            owners = sorted(
+                {claims.describe(o) for o in map(_holder, [run_dir] * len(fresh), fresh) if o}
+            )
+            log(
+                f"{len(fresh)} run(s) claimed by another sweep ({', '.join(owners) or 'ended'}); "
+                "waiting for their records"
+            )
+            waited.update(spec.key() for spec in fresh)
+        todo = _wait_for(waiting, run_dir, outcome, on_result)
+    return outcome
+
+
+def _holder(run_dir: str, spec: RunSpec) -> dict[str, Any] | None:
+    return claims.holder(records.record_path(run_dir, spec))
+
+
+def _held_elsewhere(run_dir: str, spec: RunSpec) -> bool:
+    owner = _holder(run_dir, spec)
+    return owner is not None and not (
+        owner.get("host") == claims.HOST and owner.get("pid") == os.getpid()
+    )
+
+
+def _wait_for(
+    waiting: list[RunSpec],
+    run_dir: str,
+    outcome: Outcome,
+    on_result: Callable[[], None] | None,
+) -> list[RunSpec]:
+    """Wait until each spec has its record (counted as done elsewhere) or no live owner (returned,
+    to be run here)."""
+    retry: list[RunSpec] = []
+    while waiting:
+        still = []
+        for spec in waiting:
+            if records.finished(run_dir, spec)[0]:
+                outcome.elsewhere += 1
+                if on_result is not None:
+                    on_result()
+            elif _holder(run_dir, spec) is None:
+                retry.append(spec)  # its owner ended without a record: failed, or killed
+            else:
+                still.append(spec)
+        waiting = still
+        if waiting:
+            time.sleep(POLL_SECONDS)
+    return retry
+
+
+def _dispatch(
+    specs: list[RunSpec],
+    run_dir: str,
+    *,
+    kind: str,
+    workers: int,
+    threads: int | None,
+    data_dir: str | None,
+    sink_config: Mapping[str, Any] | None,
+    submitit_params: Mapping[str, Any] | None,
+    progress: bool,
+    description: str,
+):
+    """Yield each spec's summary as the executor finishes it."""
+    if not specs:
+        return
     arguments = [
-        (spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads) for spec in todo
+        (spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads) for spec in specs
     ]
-    bar = _bar(progress and len(todo) > 1, len(todo), f"runs ({skipped} already done)")
-
-    def collect(summary: Mapping[str, Any]) -> None:
-        if "error" in summary:
-            outcome.failed.append(f"{summary['key']}: {summary['error']}")
-            log(f"run failed: {summary['key']}: {summary['error']}")
-        else:
-            outcome.ran += 1
-            if summary.get("diverged"):
-                outcome.diverged.append(summary["diverged"])
-                log(f"run diverged: {summary['diverged']}")
-        bar.update(1)
-
+    bar = _bar(progress and len(specs) > 1, len(specs), description)
     try:
         if kind == "inline" or (kind == "local" and (workers or 1) <= 1):
             for args in arguments:
                 # In this process a second bar can show each run's steps (tqdm nests them).
-                collect(_safe_execute_one(*args, progress))
+                yield _safe_execute_one(*args, progress)
+                bar.update(1)
         elif kind == "local":
             for summary in _pool_run(arguments, workers):
-                collect(summary)
+                yield summary
+                bar.update(1)
         else:
             for summary in _submitit_run(arguments, run_dir, submitit_params or {}):
-                collect(summary)
+                yield summary
+                bar.update(1)
     finally:
         bar.close()
-    return outcome
 
 
 def _ignore_interrupts() -> None:
@@ -578,28 +683,14 @@ def final_specs(sweep: Sweep, problem: str, problem_records: Sequence[Mapping]) 
     return specs
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def write_manifest(sweep: Sweep, sessions: list[dict[str, Any]], command: str | None) -> None:
-    from critgrad.bench.runner import machine_info
+    """Write ``sweep``'s manifest with these sessions (replacing the file; sessions of a running
+    sweep go through :class:`critgrad.bench.sessions.Session`, which merges under the lock)."""
+    from critgrad.bench import sessions as session_module
 
-    records.atomic_write_json(
-        sweep.out / records.MANIFEST_NAME,
-        {
-            "protocol": sweep.protocol.to_dict(),
-            "problems": sweep.problems,
-            "size": sweep.size,
-            "overrides": {p: sweep.problem_overrides(p) for p in sweep.problems},
-            "evals_per_epoch": sweep.evals_per_epoch,
-            "executor": sweep.executor,
-            "machine": machine_info(),
-            "command": command,
-            "sessions": sessions,
-            "wall_seconds": sum(s.get("wall_seconds") or 0.0 for s in sessions),
-        },
-    )
+    manifest = {**session_module.plan(sweep, command), "sessions": sessions}
+    manifest["wall_seconds"] = session_module.busy_seconds(sessions)
+    records.atomic_write_json(sweep.out / records.MANIFEST_NAME, manifest)
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -643,19 +734,15 @@ def _manifest_problem(manifest: Any) -> str | None:
 def run_sweep(
     sweep: Sweep, *, progress: bool = True, command: str | None = None, log: Log = _stderr
 ) -> Outcome:
-    """Both stages for every problem; resumable; the manifest records each session's wall time."""
+    """Both stages for every problem; resumable; safe to run several times at once in one
+    directory (see :mod:`critgrad.bench.claims`); the manifest keeps each session's wall time."""
+    from critgrad.bench.sessions import Session
+
     preflight(sweep)
-    previous = read_manifest(sweep.out) if (sweep.out / records.MANIFEST_NAME).exists() else None
-    sessions = list(previous["sessions"]) if previous else []
-    if previous and previous["protocol"]["configs"] != sweep.protocol.to_dict()["configs"]:
-        raise ValueError(
-            f"{sweep.out} holds a sweep with another protocol or grid; use a new output folder"
-        )
-    session = {"started": _now(), "finished": None, "wall_seconds": None, "ran": 0, "skipped": 0}
-    sessions.append(session)
-    write_manifest(sweep, sessions, command)
-    started = time.perf_counter()
+    session = Session(sweep, command)
     outcome = Outcome()
+    for path in session.start(outcome):
+        log(f"removed a leftover of a process that is gone: {path.name}")
     settings = dict(
         kind=sweep.executor["kind"],
         workers=sweep.executor["workers"],
@@ -665,7 +752,9 @@ def run_sweep(
         submitit_params=sweep.submitit,
         progress=progress,
         log=log,
+        on_result=lambda: session.update(outcome),
     )
+    status = "interrupted"
     try:
         # Problem by problem, both stages each: a sweep stopped early leaves whole problems done.
         for problem in sweep.problems:
@@ -681,13 +770,7 @@ def run_sweep(
                 spec for spec in final_specs(sweep, problem, mine) if spec.key() not in planned
             ]  # counted once, in stage 1
             execute(final, sweep.out, outcome=outcome, **settings)
+        status = "finished"
     finally:
-        session.update(
-            finished=_now(),
-            wall_seconds=time.perf_counter() - started,
-            ran=outcome.ran,
-            skipped=outcome.skipped,
-            failed=len(outcome.failed),
-        )
-        write_manifest(sweep, sessions, command)
+        session.update(outcome, status=status)
     return outcome

@@ -152,7 +152,7 @@ def test_run_writes_records_and_report_then_resumes(capsys, tmp_path, mnist_dir)
     manifest = records.json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert manifest["command"].startswith("critgrad ")
     code, _, err = run_cli(capsys, *argv)
-    assert code == 0 and "0 run(s) done, 4 already finished" in err
+    assert code == 0 and "0 run(s) done, 4 already finished" in err, err
 
 
 def test_sweep_command_with_a_toml_file(capsys, tmp_path, mnist_dir):

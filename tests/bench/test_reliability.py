@@ -842,3 +842,451 @@ def test_an_intact_copy_of_each_format_is_ok(capsys, tmp_path):
     for problem in ("mnist-logreg", "cifar10-cnn", "ptb-lstm", "snli-infersent", "covtype-logreg"):
         row = next(i for i, line in enumerate(lines) if line.strip().startswith(problem + " "))
         assert lines[row + 1].split()[:2] == ["data:", "ok"], lines[row + 1]
+
+
+# ---- 7. claims, the directory lock, leftovers, file modes ---------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _write_claim(record: Path, **owner) -> Path:
+    from critgrad.bench import claims
+
+    path = claims.claim_path(record)
+    path.write_text(json.dumps(owner))
+    return path
+
+
+@pytest.mark.parametrize(
+    "owner, age, stale",
+    [
+        (lambda: {"host": "HOST", "pid": os.getppid()}, 0, False),  # alive here
+        (lambda: {"host": "HOST", "pid": _dead_pid()}, 0, True),  # exited here
+        (lambda: {"host": "HOST", "pid": os.getppid(), "pid_started": "0"}, 0, True),  # pid reused
+        (lambda: {"host": "elsewhere", "pid": 1}, 0, False),  # another host, fresh
+        (lambda: {"host": "elsewhere", "pid": 1}, 3600, True),  # another host, silent for an hour
+        (dict, 0, True),  # half written (a live owner writes it whole, under the lock)
+    ],
+    ids=["alive", "exited", "pid-reused", "other-host-fresh", "other-host-silent", "unreadable"],
+)
+def test_a_claim_is_respected_while_its_owner_lives(tmp_path, owner, age, stale):
+    from critgrad.bench import claims
+
+    fields = owner()
+    if fields.get("host") == "HOST":
+        fields["host"] = claims.HOST
+    record = tmp_path / "p__sgd__0123456789abcdef.json"
+    path = _write_claim(record, **fields)
+    if age:
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    assert (claims.holder(record) is None) is stale
+    claimed, holder = claims.claim(record)
+    assert claimed is stale and (holder is None) is stale
+    if stale:  # taken over: now this process's claim, released with the run
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        claims.release(record)
+        assert not path.exists()
+    else:
+        assert json.loads(path.read_text()) == fields
+
+
+def test_a_finished_record_is_never_claimed(tmp_path):
+    from critgrad.bench import claims
+
+    record = tmp_path / "p__sgd__0123456789abcdef.json"
+    record.write_text("{}")
+    assert claims.claim(record) == (False, None)
+    assert claims.claim(record, done=lambda: False)[0]  # a broken record is run again
+    claims.release(record)
+
+
+def test_leftovers_of_dead_writers_are_cleaned_at_start(tmp_path):
+    import time
+
+    from critgrad.bench import claims
+
+    tag = claims.HOST.replace(".", "_")
+    dead = tmp_path / f".a.json.{tag}.{_dead_pid()}.x1y2.tmp"
+    live = tmp_path / f".b.json.{tag}.{os.getpid()}.x1y2.tmp"
+    old = tmp_path / ".c.json.k9k9k9.tmp"  # mkstemp's names of earlier versions: by age
+    recent = tmp_path / ".d.json.k8k8k8.tmp"
+    stale_claim = _write_claim(tmp_path / "e.json", host=claims.HOST, pid=_dead_pid())
+    live_claim = _write_claim(tmp_path / "f.json", host=claims.HOST, pid=os.getpid())
+    for path in (dead, live, old, recent):
+        path.write_text("{")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    removed = claims.clean_stale(tmp_path)
+    assert sorted(removed) == sorted([dead, old, stale_claim])
+    assert live.exists() and recent.exists() and live_claim.exists()
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_records_and_manifests_get_the_mode_of_the_umask(tmp_path, mask, mode):
+    import stat
+
+    from critgrad.bench import claims
+
+    previous = os.umask(mask)
+    try:
+        records.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with claims.directory_lock(tmp_path):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / claims.LOCK_NAME).stat().st_mode) == mode
+
+
+# ---- 8. sessions: one plan per directory, every session kept, wall time of killed ones ----------
+
+
+def _plan(out, mnist_dir, **change):
+    from critgrad.bench import protocols, sweep
+
+    fields = dict(
+        problems=["mnist-logreg"],
+        protocol=protocols.fixed({"sgd": {"lr": 0.1}}, seeds=[0]),
+        out=out,
+        overrides={**TINY_OVERRIDES, "epochs": 1},
+        data_dir=str(mnist_dir),
+        executor={"kind": "inline", "workers": 1, "threads": 1},
+    )
+    fields.update(change)
+    return sweep.Sweep(**fields)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(overrides={**TINY_OVERRIDES, "epochs": 2}), "mnist-logreg runs with other problem"),
+        (dict(evals_per_epoch=2), "runs with evals_per_epoch 1, not 2"),
+        (dict(size="full"), "runs with size 'cpu', not 'full'"),
+        ("lr", "another protocol or grid (other configurations)"),
+        ("tune", "another protocol or grid (name 'fixed' there, 'fair' here)"),
+    ],
+)
+def test_a_resweep_with_another_plan_is_refused_before_it_runs(tmp_path, mnist_dir, change, words):
+    from critgrad.bench import protocols, sweep
+
+    first = _plan(tmp_path / "out", mnist_dir)
+    assert sweep.run_sweep(first, progress=False).ran == 1
+    if change == "lr":
+        change = dict(protocol=protocols.fixed({"sgd": {"lr": 0.5}}, seeds=[0]))
+    elif change == "tune":
+        change = dict(protocol=protocols.fair(["sgd"], lrs=[0.1], seeds=[0]))
+    second = _plan(tmp_path / "out", mnist_dir, **change)
+    with pytest.raises(ValueError, match="holds a sweep with") as error:
+        sweep.run_sweep(second, progress=False)
+    assert words in str(error.value)
+    assert len(records.read_records(first.out)[0]) == 1  # nothing mixed in
+    assert len(sweep.read_manifest(first.out)["sessions"]) == 1
+
+
+def test_more_seeds_and_more_problems_extend_the_plan(tmp_path, mnist_dir):
+    from critgrad.bench import protocols, sweep
+
+    sweep.run_sweep(_plan(tmp_path / "out", mnist_dir), progress=False)
+    more = _plan(
+        tmp_path / "out",
+        mnist_dir,
+        problems=["mnist-logreg", "mnist-mlp"],
+        protocol=protocols.fixed({"sgd": {"lr": 0.1}}, seeds=[1]),
+    )
+    outcome = sweep.run_sweep(more, progress=False)
+    assert (outcome.ran, outcome.skipped) == (2, 0)
+    manifest = sweep.read_manifest(more.out)
+    assert (
+        manifest["protocol"]["seeds"] == [0, 1]
+        and "2 seeds (0, 1)" in manifest["protocol"]["notes"]
+    )
+    assert manifest["problems"] == ["mnist-logreg", "mnist-mlp"]
+    assert [s["status"] for s in manifest["sessions"]] == ["finished", "finished"]
+
+
+def test_a_killed_session_keeps_its_wall_time(tmp_path, mnist_dir):
+    from critgrad.bench import sessions, sweep
+
+    plan = _plan(tmp_path / "out", mnist_dir)
+    plan.out.mkdir()
+    # A session that refreshed itself after 40 s of work and then was killed (its pid is gone).
+    killed = {
+        "id": "k1",
+        "owner": {"host": sessions.claims.HOST, "pid": _dead_pid(), "pid_started": None},
+        "started": "2026-01-01T00:00:00+00:00",
+        "started_unix": 1767225600.0,
+        "updated_unix": 1767225640.0,
+        "finished": None,
+        "status": "running",
+        "wall_seconds": 40.0,
+    }
+    sweep.write_manifest(plan, [killed], None)
+    sweep.run_sweep(plan, progress=False)
+    manifest = sweep.read_manifest(plan.out)
+    first, second = manifest["sessions"]
+    assert first["status"] == "killed" and first["wall_seconds"] == 40.0
+    assert second["status"] == "finished" and second["ran"] == 1
+    assert manifest["wall_seconds"] == pytest.approx(40.0 + second["wall_seconds"])
+
+
+@pytest.mark.parametrize(
+    "sessions_, expected",
+    [
+        ([(0, 10), (20, 5)], 15),  # one after the other: the sum
+        ([(0, 10), (5, 10)], 15),  # overlapping: the union
+        ([(0, 10), (2, 3)], 10),  # one inside the other
+        ([(0, 10), (None, 4)], 14),  # a session with no start time (older manifests): added
+        ([(0, None), (1, 2)], 2),  # a session that never refreshed counts nothing
+    ],
+)
+def test_wall_time_is_the_time_any_session_worked(sessions_, expected):
+    from critgrad.bench.sessions import busy_seconds
+
+    entries = [
+        {"started_unix": start, "wall_seconds": wall}
+        if start is not None
+        else {"started": "not a time", "wall_seconds": wall}
+        for start, wall in sessions_
+    ]
+    assert busy_seconds(entries) == pytest.approx(expected)
+
+
+# ---- 9. real processes: kills at several moments, Ctrl-C of the pool, concurrent sweeps ---------
+
+TINY_ARGS = [f"--override={k}={v}" for k, v in TINY_OVERRIDES.items() if k != "epochs"]
+
+
+def _child(argv, env):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "critgrad.bench.cli", *map(str, argv)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+
+
+def _stop(child):
+    import signal
+
+    if child.poll() is None:
+        os.killpg(child.pid, signal.SIGKILL)
+    return child.communicate(timeout=60)
+
+
+def _reference(spec_dict, mnist_dir):
+    """The record of a run that was never stopped, made here as the sweep makes it (1 thread)."""
+    import torch
+
+    from critgrad.bench import runner
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return runner.without_timings(
+            runner.run(records.RunSpec.from_dict(spec_dict), data_dir=str(mnist_dir))
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+KILL_MOMENTS = [
+    # (id, where the child holds, records there when it is killed)
+    ("mid-training", "step:1:3", 0),
+    ("between-runs", "step:2:1", 1),  # the first run's record written, the second run started
+    ("mid-record-write", "write", 0),  # the record's temporary file complete, not yet in place
+]
+
+
+@pytest.mark.parametrize("moment, at, before", KILL_MOMENTS, ids=[m[0] for m in KILL_MOMENTS])
+def test_a_sigkill_at_any_moment_loses_nothing_and_the_rerun_completes(
+    capsys, tmp_path, mnist_dir, moment, at, before
+):
+    import signal
+
+    from child_hooks import environment, read_events, wait_for
+
+    out, events = tmp_path / "out", tmp_path / "events"
+    argv = [
+        *("run", "mnist-logreg", "--optimizers", "sgd,sgd_c", "--epochs", "2", *TINY_ARGS),
+        *("--data-dir", mnist_dir, "--out", out, "--quiet", "--no-report"),
+    ]
+    child = _child(argv, environment(tmp_path / "hooks", events, tmp_path / "never", at))
+    try:
+        wait_for(
+            lambda: child.poll() is not None or any(e[1] == "hold" for e in read_events(events)),
+            what=f"the child to reach {moment}",
+        )
+        assert child.poll() is None, _stop(child)
+        # The session's heartbeat has counted some of its time before the kill.
+        wait_for(
+            lambda: (
+                json.loads((out / records.MANIFEST_NAME).read_text())["sessions"][0]["wall_seconds"]
+                > 0
+            ),
+            what="a heartbeat of the session",
+        )
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        _stop(child)
+    assert child.returncode == -signal.SIGKILL
+    held = next(key for _, kind, key in read_events(events) if kind == "hold")
+    assert len(records.read_records(out)[0]) == before
+    assert not any(out.glob(f"*{held}.json"))  # the killed run left no record, half or whole
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.endswith((".claim", ".tmp")))
+    assert leftovers and all(held in name for name in leftovers)
+
+    code, _, err = run_cli(capsys, *argv)  # the same command, in this process
+    assert code == 0, err
+    assert f"{2 - before} run(s) done, {before} already finished, 0 failed" in err
+    assert "removed a leftover of a process that is gone" in err
+    stored, broken = records.read_records(out)
+    assert broken == [] and sorted(r["spec"]["optimizer"] for r in stored) == ["sgd", "sgd_c"]
+    assert not [p for p in out.iterdir() if p.name.endswith((".claim", ".tmp"))]
+    for record in stored:  # as if never stopped
+        from critgrad.bench import runner
+
+        assert runner.without_timings(record) == _reference(record["spec"], mnist_dir)
+    killed, rerun = json.loads((out / records.MANIFEST_NAME).read_text())["sessions"]
+    assert killed["status"] == "killed" and killed["wall_seconds"] > 0
+    assert rerun["status"] == "finished"
+
+
+def test_ctrl_c_of_the_process_pool_stops_every_worker_and_the_rerun_completes(
+    capsys, tmp_path, mnist_dir
+):
+    import signal
+
+    from child_hooks import environment, read_events, wait_for
+
+    out, events = tmp_path / "out", tmp_path / "events"
+    config = tmp_path / "pool.toml"
+    overrides = "\n".join(f"{k} = {v}" for k, v in {**TINY_OVERRIDES, "epochs": 1}.items())
+    config.write_text(
+        f'problems = ["mnist-logreg"]\noptimizers = ["sgd", "sgd_c"]\nseeds = [0]\n'
+        f'protocol = "fixed"\nout = "{out}"\ndata_dir = "{mnist_dir}"\n'
+        f'[executor]\nkind = "local"\nworkers = 2\n[overrides]\n{overrides}\n'
+    )
+    env = environment(tmp_path / "hooks", events, tmp_path / "never", "step:1:2")
+    child = _child(["sweep", config, "--quiet", "--no-report"], env)
+    try:
+        wait_for(
+            lambda: (
+                child.poll() is not None
+                or len({pid for pid, kind, _ in read_events(events) if kind == "hold"}) == 2
+            ),
+            what="both workers in the middle of a run",
+        )
+        assert child.poll() is None, _stop(child)
+        workers = {pid for pid, kind, _ in read_events(events) if kind == "hold"}
+        assert child.pid not in workers  # two worker processes, both training
+        os.killpg(child.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        _, err = child.communicate(timeout=120)
+    finally:
+        _stop(child)
+    assert child.returncode == 130, err
+    assert "critgrad: interrupted; finished runs are kept - the same command resumes" in err
+    assert "Traceback" not in err
+    from critgrad.bench import claims
+
+    wait_for(lambda: not any(claims.alive(pid) for pid in workers), what="the workers to end")
+    assert records.read_records(out)[0] == []
+    session = json.loads((out / records.MANIFEST_NAME).read_text())["sessions"][0]
+    assert session["status"] == "interrupted" and session["finished"] is not None
+
+    code, _, err = run_cli(
+        capsys, "sweep", config, "--quiet", "--no-report", "--executor", "inline"
+    )
+    assert code == 0 and "2 run(s) done, 0 already finished, 0 failed" in err, err
+    assert len(records.read_records(out)[0]) == 2
+    assert not [p for p in out.iterdir() if p.name.endswith((".claim", ".tmp"))]
+
+
+def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypatch):
+    """Sweep A (a real process) holds in the middle of its first run; sweep B (here: inline, or
+    as submitit jobs, the way a sweep split across SLURM jobs runs) starts on the same folder,
+    leaves that run to A, trains the others, waits for A's record before selecting, and both end
+    with every run trained exactly once and both sessions in the manifest."""
+    import threading
+
+    from child_hooks import environment, read_events, wait_for
+
+    from critgrad.bench import runner, sweep
+
+    try:
+        import submitit  # noqa: F401
+
+        executor = "submitit"
+    except ImportError:
+        executor = "inline"
+    out, events, hold = tmp_path / "out", tmp_path / "events", tmp_path / "go"
+    config = tmp_path / "fair.toml"
+    overrides = "\n".join(f"{k} = {v}" for k, v in {**TINY_OVERRIDES, "epochs": 1}.items())
+    config.write_text(
+        f'problems = ["mnist-logreg"]\noptimizers = ["sgd"]\nseeds = [0, 1]\nout = "{out}"\n'
+        f'data_dir = "{mnist_dir}"\n[fair]\nlrs = [0.1, 0.01]\n[executor]\nkind = "inline"\n'
+        f"[overrides]\n{overrides}\n"
+    )
+    child = _child(
+        ["sweep", config, "--quiet", "--no-report"],
+        environment(tmp_path / "h", events, hold, "step:1:2"),
+    )
+    try:
+        wait_for(
+            lambda: child.poll() is not None or any(e[1] == "hold" for e in read_events(events)),
+            what="sweep A in the middle of its first run",
+        )
+        assert child.poll() is None, _stop(child)
+
+        trained_here, real_run = [], runner.run
+        monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+        monkeypatch.setattr(
+            runner,
+            "run",
+            lambda spec, **kw: trained_here.append(spec.key()) or real_run(spec, **kw),
+        )
+        plan = sweep.parse_config(sweep.read_config_file(config))
+        if executor == "submitit":
+            plan.executor["kind"] = "submitit"
+            plan.submitit = {"cluster": "debug"}
+        messages, result = [], {}
+
+        def sweep_b():
+            result["outcome"] = sweep.run_sweep(plan, progress=False, log=messages.append)
+
+        thread = threading.Thread(target=sweep_b)
+        thread.start()
+        wait_for(
+            lambda: any("claimed by another sweep" in m for m in messages) or not thread.is_alive(),
+            what="sweep B to wait for A's run",
+        )
+        hold.write_text("go")  # A finishes its run
+        thread.join(timeout=120)
+        _, a_err = child.communicate(timeout=120)
+    finally:
+        hold.write_text("go")
+        _stop(child)
+    assert child.returncode == 0, a_err
+    outcome = result["outcome"]
+    assert outcome.failed == [] and outcome.elsewhere >= 1
+    trained_by_a = [key for _, kind, key in read_events(events) if kind == "start"]
+    stored, broken = records.read_records(out)
+    assert broken == [] and len(stored) == 3  # 2 learning rates on seed 0, the chosen on seed 1
+    # Every run trained exactly once, by one of the two sweeps.
+    assert sorted(trained_by_a + trained_here) == sorted(r["key"] for r in stored)
+    assert trained_by_a and trained_here
+    a_done = int(a_err.split(" run(s) done")[0].split()[-1])
+    assert a_done + outcome.ran == 3
+    manifest = sweep.read_manifest(out)
+    assert [s["status"] for s in manifest["sessions"]] == ["finished", "finished"]
