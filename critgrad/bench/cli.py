@@ -138,8 +138,9 @@ def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
     from critgrad.bench import report as reporting
 
     diverged = f" ({len(outcome.diverged)} diverged)" if outcome.diverged else ""
+    elsewhere = f", {outcome.elsewhere} done by another sweep" if outcome.elsewhere else ""
     print(
-        f"{outcome.ran} run(s) done{diverged}, {outcome.skipped} already finished, "
+        f"{outcome.ran} run(s) done{diverged}, {outcome.skipped} already finished{elsewhere}, "
         f"{len(outcome.failed)} failed; records in {sweep_obj.out}",
         file=sys.stderr,
     )

@@ -461,10 +461,8 @@ def execute(
             owners = sorted(
                 {claims.describe(o) for o in map(_holder, [run_dir] * len(fresh), fresh) if o}
             )
-            log(
-                f"{len(fresh)} run(s) claimed by another sweep ({', '.join(owners) or 'ended'}); "
-                "waiting for their records"
-            )
+            by = f" ({', '.join(owners)})" if owners else ""
+            log(f"{len(fresh)} run(s) claimed by another sweep{by}; waiting for their records")
             waited.update(spec.key() for spec in fresh)
         todo = _wait_for(waiting, run_dir, outcome, on_result)
     return outcome

@@ -1290,3 +1290,34 @@ def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypa
     assert a_done + outcome.ran == 3
     manifest = sweep.read_manifest(out)
     assert [s["status"] for s in manifest["sessions"]] == ["finished", "finished"]
+
+
+def test_a_manifest_of_earlier_versions_is_joined_not_replaced(tmp_path, mnist_dir):
+    from critgrad.bench import sweep
+
+    plan = _plan(tmp_path / "out", mnist_dir)
+    plan.out.mkdir()
+    earlier = [  # sessions as earlier versions wrote them: no owner, id or status
+        {
+            "started": "2026-01-01T00:00:00+00:00",
+            "finished": "2026-01-01T00:00:30+00:00",
+            "wall_seconds": 30.0,
+            "ran": 1,
+            "skipped": 0,
+            "failed": 0,
+        },
+        {
+            "started": "2026-01-02T00:00:00+00:00",
+            "finished": None,
+            "wall_seconds": None,
+            "ran": 0,
+            "skipped": 0,
+        },
+    ]
+    sweep.write_manifest(plan, earlier, "critgrad run mnist-logreg")
+    sweep.run_sweep(plan, progress=False)
+    manifest = sweep.read_manifest(plan.out)
+    first, second, third = manifest["sessions"]
+    assert {k: first[k] for k in earlier[0]} == earlier[0]
+    assert second["status"] == "killed" and third["status"] == "finished"
+    assert manifest["wall_seconds"] == pytest.approx(30.0 + third["wall_seconds"])
