@@ -73,7 +73,14 @@ def directory_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     path = Path(run_dir) / LOCK_NAME
     handle = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:  # e.g. ENOLCK: a network file system mounted without locking
+            raise OSError(
+                error.errno,
+                f"cannot lock {path} ({error.strerror}); this file system does not support "
+                "file locks: run sweeps in a folder on one that does",
+            ) from None
         yield
     finally:
         os.close(handle)  # closing releases the lock

@@ -244,6 +244,8 @@ def preflight(sweep: Sweep) -> None:
     from critgrad.bench.problems import get_problem
 
     values.strings("problems", sweep.problems)
+    out = os.fspath(sweep.out) if isinstance(sweep.out, os.PathLike) else sweep.out
+    sweep.out = Path(values.path("out", out))
     sweep.overrides = values.plain(values.table("overrides", sweep.overrides), "overrides")
     stray = sorted(
         key

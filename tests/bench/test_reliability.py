@@ -1109,6 +1109,7 @@ KILL_MOMENTS = [
 ]
 
 
+@pytest.mark.slow  # real processes, each imports torch: 4-20 s each here
 @pytest.mark.parametrize("moment, at, before", KILL_MOMENTS, ids=[m[0] for m in KILL_MOMENTS])
 def test_a_sigkill_at_any_moment_loses_nothing_and_the_rerun_completes(
     capsys, tmp_path, mnist_dir, moment, at, before
@@ -1163,6 +1164,7 @@ def test_a_sigkill_at_any_moment_loses_nothing_and_the_rerun_completes(
     assert rerun["status"] == "finished"
 
 
+@pytest.mark.slow  # real processes, each imports torch: 4-20 s each here
 def test_ctrl_c_of_the_process_pool_stops_every_worker_and_the_rerun_completes(
     capsys, tmp_path, mnist_dir
 ):
@@ -1213,6 +1215,7 @@ def test_ctrl_c_of_the_process_pool_stops_every_worker_and_the_rerun_completes(
     assert not [p for p in out.iterdir() if p.name.endswith((".claim", ".tmp"))]
 
 
+@pytest.mark.slow  # real processes, each imports torch: 4-20 s each here
 def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypatch):
     """Sweep A (a real process) holds in the middle of its first run; sweep B (here: inline, or
     as submitit jobs, the way a sweep split across SLURM jobs runs) starts on the same folder,
