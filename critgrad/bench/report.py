@@ -224,8 +224,9 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
     all_records, broken = records.read_records(run_dir)
     manifest = sweep.read_manifest(run_dir)
     if not all_records:
+        first = f"; the first: {broken[0]}" if broken else ""
         raise ValueError(
-            f"no run records in {run_dir}" + (f" ({len(broken)} broken)" if broken else "")
+            f"no run records in {run_dir}" + (f" ({len(broken)} broken{first})" if broken else "")
         )
     protocol = Protocol.from_dict(manifest["protocol"]) if manifest else infer_protocol(all_records)
     problems = []

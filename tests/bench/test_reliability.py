@@ -358,6 +358,14 @@ def test_a_record_missing_a_field_is_named_and_skipped(capsys, tmp_path, field):
     assert f"broken record skipped: {victim}: missing field {field!r}" in err
 
 
+def test_a_folder_of_only_broken_records_names_one(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    bad = tmp_path / "run" / "mnist-mlp__sgd__0123456789abcdef.json"
+    bad.write_text('{"format": 1}')
+    code, out, err = run_cli(capsys, "report", tmp_path / "run", "--no-plots")
+    assert_one_line_error(code, out, err, f"(1 broken; the first: {bad}: missing or bad field spec")
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
