@@ -113,6 +113,7 @@ def command_list(args) -> int:
         aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
         print(f"optimizers: {', '.join(labels)}")
         print(f"  aliases: {aliases}")
+        print("  saga: per-row SAGA, only on the finite-sum (convex) problems")
     except RuntimeError as error:
         print(f"optimizers: unavailable ({error})")
     return 0

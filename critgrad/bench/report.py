@@ -32,6 +32,8 @@ DISPLAY_NAMES = {
     "adamax": "Adamax",
     "nadam": "NAdam",
     "radam": "RAdam",
+    "aggmo": "AggMo",
+    "saga": "SAGA",
 }
 # metric -> (scale, decimals, unit shown in the heading)
 METRIC_FORMATS = {
