@@ -113,7 +113,9 @@ def command_list(args) -> int:
         aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
         print(f"optimizers: {', '.join(labels)}")
         print(f"  aliases: {aliases}")
-        print("  saga: per-row SAGA, only on the finite-sum (convex) problems")
+        from critgrad.bench.saga import FINITE_SUM_PROBLEMS
+
+        print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
     except RuntimeError as error:
         print(f"optimizers: unavailable ({error})")
     return 0
