@@ -40,6 +40,7 @@ METRIC_FORMATS = {
     "accuracy": (100.0, 2, "%"),
     "perplexity": (1.0, 2, ""),
     "train_loss": (1.0, 4, ""),
+    "bleu": (1.0, 2, ""),
 }
 
 

@@ -153,6 +153,11 @@ def run(
             "test_metric": float(test["metric"]),
             "memory": _memory(optimizer),
         }
+        # Further scores a problem reports (MultiWOZ: perplexity, inform, success).
+        for split, scores in (("valid", valid), ("test", test)):
+            point.update(
+                {f"{split}_{k}": float(v) for k, v in scores.items() if k not in ("loss", "metric")}
+            )
         history.append(point)
         for sink in outputs:
             sink.log(point)

@@ -20,6 +20,15 @@ from critgrad.bench.records import RunSpec
 DOUBLE = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: on a busy machine a second intra-op thread only adds waiting (x10 here).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def linear_task(finite_sum: LinearFiniteSum, model: torch.nn.Linear) -> Task:
     """The smallest task SAGA can prepare: a model, its finite sum, no clipping."""
     return Task(
