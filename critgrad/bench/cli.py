@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
         "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
     )
-    run.add_argument("--size", default="cpu", help="cpu (default) or full")
+    run.add_argument(
+        "--size",
+        default="cpu",
+        help="cpu (default), full, or another size the problem lists (critgrad list)",
+    )
     run.add_argument("--epochs", type=_positive_int, help="override the problem's epochs")
     run.add_argument(
         "--override",
