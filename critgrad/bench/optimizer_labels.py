@@ -104,6 +104,13 @@ def create(
     return _registry()[0](parameters, name, **arguments)
 
 
+def check_problem(label: str, problem: str) -> None:
+    """ValueError when ``label`` is a task method that ``problem`` cannot run (before any run)."""
+    name = ALIASES.get(label, (label, {}))[0]
+    if name in TASK_METHODS:
+        importlib.import_module(TASK_METHODS[name]).check_problem(problem)
+
+
 def create_for_task(label: str, task: Any, hyperparameters: Mapping[str, Any]) -> tuple[Any, Any]:
     """(task, optimizer) for a run: the task itself and :func:`create` over its model, or, for a
     task method, the method's own version of the task (a ValueError if the problem has no use

@@ -161,6 +161,10 @@ class SAGA(Optimizer):
         return loss
 
 
+_REFUSED = (
+    "optimizer 'saga' needs the per-row gradients of a finite-sum objective, which {problem} "
+    "does not offer; SAGA runs on the strongly convex problems: " + ", ".join(FINITE_SUM_PROBLEMS)
+)
 _UNBOUND = (
     "this SAGA optimizer has no finite sum: SAGA needs the per-row gradients of the problem's "
     "objective; build it with critgrad.bench.saga.prepare(task, hyperparameters)"
@@ -172,6 +176,12 @@ class RowBatch:
     """One training row, by index (what SAGA's task yields)."""
 
     index: Tensor  # shape (1,), int64
+
+
+def check_problem(problem: str) -> None:
+    """ValueError unless ``problem`` is one whose task declares a finite sum."""
+    if problem not in FINITE_SUM_PROBLEMS:
+        raise ValueError(_REFUSED.format(problem=repr(problem)))
 
 
 def create(parameters: Iterable[Any] | nn.Module, hyperparameters: Mapping[str, Any]) -> SAGA:
@@ -189,11 +199,7 @@ def prepare(task: Any, hyperparameters: Mapping[str, Any]) -> tuple[Any, SAGA]:
     """
     finite_sum = getattr(task, "finite_sum", None)
     if finite_sum is None:
-        raise ValueError(
-            "optimizer 'saga' needs the per-row gradients of a finite-sum objective, which this "
-            "problem does not offer; SAGA runs on the strongly convex problems: "
-            + ", ".join(FINITE_SUM_PROBLEMS)
-        )
+        raise ValueError(_REFUSED.format(problem="this problem"))
     if task.grad_clip is not None:
         raise ValueError("optimizer 'saga' cannot honour gradient clipping; the problem clips")
     params = [p for p in task.model.parameters() if p.requires_grad]

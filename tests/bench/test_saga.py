@@ -346,3 +346,15 @@ def test_refused_where_per_row_gradients_make_no_sense(data_root):
     )
     with pytest.raises(ValueError, match=r"saga.*finite-sum.*mnist-convex"):
         runner.run(spec, data_dir=str(data_root))
+
+
+def test_a_sweep_refuses_saga_on_other_problems_before_running(data_root, tmp_path, capsys):
+    from critgrad.bench import cli
+
+    out = tmp_path / "run"
+    arguments = ["run", "mnist-convex", "mnist-mlp", "--optimizers", "sgd,saga", "--quiet"]
+    code = cli.main([*arguments, "--data-dir", str(data_root), "--out", str(out)])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "saga" in message and "'mnist-mlp' does not offer" in message
+    assert not out.exists()  # refused before the first run
