@@ -44,7 +44,12 @@ _IGNORED = ("", "not mentioned", "dontcare", "dont care", "don't care", "do n't 
 
 def corpus_bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
     """sacrebleu's corpus BLEU (0-100) of token lists against one reference each."""
-    import sacrebleu
+    try:
+        import sacrebleu
+    except ImportError:
+        raise RuntimeError(
+            "BLEU needs the sacrebleu package: pip install 'critgrad[bench]'"
+        ) from None
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
