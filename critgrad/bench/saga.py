@@ -124,7 +124,7 @@ class SAGA(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
-        """One SAGA step on the row given to :meth:`select` (the closure, if any, runs first)."""
+        """One SAGA step on the row given to :meth:`observe` (the closure, if any, runs first)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
