@@ -442,6 +442,7 @@ def _build_roberta(settings: dict[str, Any], seed: int, data_dir: str | None) ->
     folder = multiwoz_data.locate_pretrained(settings["pretrained"], data_dir)
     transformers = _transformers()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tokenizer.truncation_side = "left"  # a long context keeps its latest words
     examples = _examples(data, settings)
     output_vocab = Vocabulary.build(
         (e.response for e in examples["train"][1]), settings["vocab_size"], (PAD, UNK, BOS, EOS)
