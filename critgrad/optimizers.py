@@ -307,3 +307,15 @@ SGD_C = SGD
 RMSprop_C = RMSprop
 Adam_C = Adam
 AdamW_C = AdamW
+
+# Outside baselines of the paper's experiments, with the memory around them.
+from .aggmo import AggMo as _AggMo  # noqa: E402 (kept beside its entry: the list above may change)
+
+AggMo_C = _named(
+    "AggMo_C",
+    _AggMo,
+    "sum",
+    "AggMo (aggregated momentum, :class:`critgrad.AggMo`) with a critical-gradient memory; "
+    "every velocity accumulates the aggregate. ``aggr`` defaults to ``sum`` as for SGD.",
+)
+AggMo_C.__doc__ = AggMo_C.__doc__.replace("torch.optim.AggMo", "critgrad.AggMo")

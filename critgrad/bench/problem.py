@@ -40,6 +40,9 @@ class Task:
     epochs: int
     grad_clip: float | None = None  # max L2 norm of all gradients, None for no clipping
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # sizes, for the record
+    # The objective as a sum over training rows, for per-row methods (SAGA): a
+    # critgrad.bench.finite_sum.LinearFiniteSum, or None where the problem has none.
+    finite_sum: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

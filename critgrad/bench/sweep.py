@@ -257,6 +257,8 @@ def preflight(sweep: Sweep) -> None:
             KeyError
         ):  # a loader without a locator reports missing data itself
             locate(spec.dataset, sweep.data_dir)
+        for label in sweep.protocol.configs:  # e.g. saga, only on finite-sum problems
+            optimizer_labels.check_problem(label, name)
     probe = [torch.nn.Parameter(torch.zeros(2))]
     for label, configs in sweep.protocol.configs.items():
         for config in configs:
