@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
+from .aggmo import AggMo
 from .memory import AGGREGATIONS, KEY_MODES
 from .wrapper import CriticalGradients, key_from_synced
 
@@ -65,6 +66,16 @@ def _torch_parameters(base_class: type[torch.optim.Optimizer]) -> list[inspect.P
     return parameters
 
 
+def _qualified(cls: type) -> str:
+    """``torch.optim.Adam`` for torch's classes (whatever submodule defines them), else the path."""
+    if cls.__module__.startswith("torch.optim"):
+        return f"torch.optim.{cls.__name__}"
+    module = (
+        cls.__module__.split(".")[0] if cls.__module__.startswith("critgrad") else cls.__module__
+    )
+    return f"{module}.{cls.__name__}"
+
+
 def _named_signature(
     base_class: type[torch.optim.Optimizer], base: list[inspect.Parameter], aggr: str
 ) -> inspect.Signature:
@@ -72,12 +83,12 @@ def _named_signature(
     clash = sorted({p.name for p in base} & set(_MEMORY_NAMES))
     if clash:
         raise TypeError(
-            f"torch.optim.{base_class.__name__} has arguments named like the memory's: {clash}; "
+            f"{_qualified(base_class)} has arguments named like the memory's: {clash}; "
             "critgrad cannot build a named class for it"
         )
     if any(p.kind is _P.VAR_POSITIONAL for p in base):
         # Its keyword arguments could not be passed by name: no torch optimizer takes *args.
-        raise TypeError(f"torch.optim.{base_class.__name__} takes *args; critgrad cannot name it")
+        raise TypeError(f"{_qualified(base_class)} takes *args; critgrad cannot name it")
     var_keyword = [p for p in base if p.kind is _P.VAR_KEYWORD]
     others = [p for p in base if p.kind is not _P.VAR_KEYWORD]
     return inspect.Signature(
@@ -205,7 +216,7 @@ def _format_default(value: Any) -> str:
 _MEMORY_DOCS = {
     "topC": "how many gradients each parameter keeps",
     "decay": "priority decay per step, in [0, 1]",
-    "kappa": "weight of the memory, >= 0; 0 gives exactly ``torch.optim.{base}``",
+    "kappa": "weight of the memory, >= 0; 0 gives exactly ``{base}``",
     "aggr": "how the gradient and the memory combine: {aggregations}",
     "synced": (
         "the reference package's flag: True ranks by one key per group (the sum of the "
@@ -223,7 +234,7 @@ _MEMORY_DOCS = {
 
 
 def _docstring(name: str, spec: _Spec, summary: str) -> str:
-    base = spec.base_class.__name__
+    base = _qualified(spec.base_class)
     lines = [summary, "", "Args:"]
     for p in spec.signature.parameters.values():
         if p.name in _MEMORY_DOCS:
@@ -235,13 +246,13 @@ def _docstring(name: str, spec: _Spec, summary: str) -> str:
         elif p.name == "params":
             text = "parameters to optimize, or dicts defining parameter groups"
         else:
-            text = f"as in ``torch.optim.{base}``"
+            text = f"as in ``{base}``"
         lines.append(f"    {p.name}: {text} (default: {_format_default(p.default)}).")
     lr = spec.signature.parameters["lr"].default
     lr = 0.01 if lr is _P.empty else lr  # a torch whose lr has no default
     lines += [
         "",
-        f"The torch arguments are those of the installed ``torch.optim.{base}``, with its defaults;",
+        f"The torch arguments are those of the installed ``{base}``, with its defaults;",
         "see its documentation for their meaning, and :class:`critgrad.CriticalGradients` for the",
         "memory's. ``topC``, ``decay``, ``kappa``, ``aggr``, ``key`` and ``store_dtype`` can also",
         "be set per parameter group.",
@@ -308,14 +319,11 @@ RMSprop_C = RMSprop
 Adam_C = Adam
 AdamW_C = AdamW
 
-# Outside baselines of the paper's experiments, with the memory around them.
-from .aggmo import AggMo as _AggMo  # noqa: E402 (kept beside its entry: the list above may change)
-
+# An outside baseline of the paper's experiments, with the memory around it.
 AggMo_C = _named(
     "AggMo_C",
-    _AggMo,
+    AggMo,
     "sum",
     "AggMo (aggregated momentum, :class:`critgrad.AggMo`) with a critical-gradient memory; "
     "every velocity accumulates the aggregate. ``aggr`` defaults to ``sum`` as for SGD.",
 )
-AggMo_C.__doc__ = AggMo_C.__doc__.replace("torch.optim.AggMo", "critgrad.AggMo")
