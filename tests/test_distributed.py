@@ -48,9 +48,7 @@ def make_optimizer(params):
 def snapshot(model, opt):
     return {
         "params": [p.detach().clone() for p in model.parameters()],
-        "memory": [
-            {k: v.clone() for k, v in opt.memory[p].items()} for p in model.parameters()
-        ],
+        "memory": [{k: v.clone() for k, v in opt.memory[p].items()} for p in model.parameters()],
         "stats": opt.memory_stats(),
     }
 
