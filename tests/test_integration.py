@@ -79,8 +79,12 @@ def test_training_with_and_without_memory(name, lr, with_memory, without_memory)
 
 
 def test_closure_is_run_and_its_loss_returned():
+    """step(closure) returns the closure's loss and steps on the gradients it computed, exactly
+    as a step after a plain backward (three steps, so that the memory takes part)."""
     model, x, y = tiny_problem()
     opt = critgrad.Adam(model.parameters(), lr=0.01)
+    twin, _, _ = tiny_problem()
+    twin_opt = critgrad.Adam(twin.parameters(), lr=0.01)
     calls = []
 
     def closure():
@@ -90,20 +94,19 @@ def test_closure_is_run_and_its_loss_returned():
         loss.backward()
         return loss
 
-    expected_loss = loss_of(model, x, y)
-    twin, _, _ = tiny_problem()
-    twin_opt = critgrad.Adam(twin.parameters(), lr=0.01)
-    with torch.no_grad():
-        loss = opt.step(closure)
-    assert calls == [True] and isinstance(loss, torch.Tensor)
-    # The closure's own loss, computed before the update (the same numbers, so exactly equal).
-    assert torch.equal(loss, expected_loss) and loss.requires_grad
-    # The step used the gradients the closure computed: as a step after a plain backward.
-    loss_of(twin, x, y).backward()
-    twin_opt.step()
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
-    assert opt.memory_stats()[0]["offered"] == 4
+    for step in range(3):
+        expected_loss = loss_of(model, x, y)
+        with torch.no_grad():
+            loss = opt.step(closure)
+        assert calls == [True] * (step + 1) and isinstance(loss, torch.Tensor)
+        # The closure's own loss, computed before the update (the same numbers: exactly equal).
+        assert torch.equal(loss, expected_loss) and loss.requires_grad
+        twin_opt.zero_grad()
+        loss_of(twin, x, y).backward()
+        twin_opt.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(a, b)
+    assert opt.memory_stats()[0]["offered"] == 12
 
 
 def test_scheduler_and_its_resume():
