@@ -127,6 +127,9 @@ def command_list(args) -> int:
         aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
         print(f"optimizers: {', '.join(labels)}")
         print(f"  aliases: {aliases}")
+        from critgrad.bench.saga import FINITE_SUM_PROBLEMS
+
+        print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
     except RuntimeError as error:
         print(f"optimizers: unavailable ({error})")
     return 0
@@ -277,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
         "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
     )
-    run.add_argument("--size", default="cpu", help="cpu (default) or full")
+    run.add_argument(
+        "--size",
+        default="cpu",
+        help="cpu (default), full, or another size the problem lists (critgrad list)",
+    )
     run.add_argument("--epochs", type=_positive_int, help="override the problem's epochs")
     run.add_argument(
         "--override",

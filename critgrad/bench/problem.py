@@ -166,6 +166,9 @@ class Task:
     epochs: int
     grad_clip: float | None = None  # max L2 norm of all gradients, None for no clipping
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # sizes, for the record
+    # The objective as a sum over training rows, for per-row methods (SAGA): a
+    # critgrad.bench.finite_sum.LinearFiniteSum, or None where the problem has none.
+    finite_sum: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +197,13 @@ class ProblemSpec:
             return declared
         return _from_default(default)
 
-    def settings(self, size: str = "cpu", overrides: Mapping[str, Any] | None = None) -> dict:
+    def settings(
+        self, size: str = "cpu", overrides: Mapping[str, Any] | None = None, *, strict: bool = True
+    ) -> dict:
         """The settings of ``size`` with ``overrides``, each checked against its declaration
-        (ConfigError names the problem, the key, the value and what is allowed)."""
+        (ConfigError names the problem, the key, the value and what is allowed). An override that
+        is not a setting of the problem is an error, or with ``strict=False`` passed on unchecked
+        (one sweep's overrides may serve several problems)."""
         from critgrad.bench.values import ConfigError
 
         if size not in self.sizes:
@@ -204,7 +211,7 @@ class ProblemSpec:
         defaults = self.sizes[size]
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(defaults))
-        if unknown:  # a typo would otherwise be ignored silently
+        if unknown and strict:  # a typo would otherwise be ignored silently
             raise ConfigError(
                 f"unknown setting(s) {unknown} for problem {self.name}; its settings: "
                 f"{', '.join(sorted(defaults))}"
@@ -216,7 +223,7 @@ class ProblemSpec:
                 checked[key] = self.declaration(key, default).check(key, value)
             except ConfigError as error:
                 raise ConfigError(f"problem {self.name}: {error}") from None
-        return checked
+        return {**{key: overrides[key] for key in unknown}, **checked}
 
     def build(
         self,
@@ -225,7 +232,9 @@ class ProblemSpec:
         data_dir: str | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> Task:
-        return self.builder(self.settings(size, overrides), seed, data_dir)
+        # Not strict: a sweep's preflight refuses unknown settings; direct callers may pass extra
+        # keys that the builder ignores, as they always could.
+        return self.builder(self.settings(size, overrides, strict=False), seed, data_dir)
 
 
 def shuffled_batches(

@@ -32,12 +32,15 @@ DISPLAY_NAMES = {
     "adamax": "Adamax",
     "nadam": "NAdam",
     "radam": "RAdam",
+    "aggmo": "AggMo",
+    "saga": "SAGA",
 }
 # metric -> (scale, decimals, unit shown in the heading)
 METRIC_FORMATS = {
     "accuracy": (100.0, 2, "%"),
     "perplexity": (1.0, 2, ""),
     "train_loss": (1.0, 4, ""),
+    "bleu": (1.0, 2, ""),
 }
 
 

@@ -124,7 +124,7 @@ def run(
     seed_everything(spec.seed)
     task = problem.build(spec.size, spec.seed, data_dir, spec.overrides)
     optimizer_name, arguments = optimizer_labels.resolve(spec.optimizer, spec.hyperparameters)
-    optimizer = optimizer_labels.create(spec.optimizer, task.model, spec.hyperparameters)
+    task, optimizer = optimizer_labels.create_for_task(spec.optimizer, task, spec.hyperparameters)
     generator = torch.Generator().manual_seed(spec.seed)
 
     steps_per_epoch = task.info.get("steps_per_epoch")
@@ -161,6 +161,11 @@ def run(
             "test_metric": float(test["metric"]),
             "memory": _memory(optimizer),
         }
+        # Further scores a problem reports (MultiWOZ: perplexity, inform, success).
+        for split, scores in (("valid", valid), ("test", test)):
+            point.update(
+                {f"{split}_{k}": float(v) for k, v in scores.items() if k not in ("loss", "metric")}
+            )
         history.append(point)
         for sink in outputs:
             sink.log(point)

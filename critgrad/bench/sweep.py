@@ -265,6 +265,8 @@ def preflight(sweep: Sweep) -> None:
                 f"size must be one of {sorted(spec.sizes)} for {name}, got {sweep.size!r}"
             )
         spec.settings(sweep.size, sweep.problem_overrides(name))
+        for label in sweep.protocol.configs:  # e.g. saga, only on finite-sum problems
+            optimizer_labels.check_problem(label, name)
         specs.append(spec)
     sweep.evals_per_epoch = values.integer("evals_per_epoch", sweep.evals_per_epoch, minimum=1)
     checked = {

@@ -150,7 +150,7 @@ def test_the_same_errors_from_yaml(capsys, tmp_path):
 
 def _bad_values(setting) -> list:
     """Values that a declaration refuses: the wrong kinds, and just outside each bound."""
-    bad = ["x", [1], True]
+    bad = [[1], True] + (["x"] if setting.kind != "string" else [5])
     if setting.kind == "integer":
         bad.append(1.5)
     if setting.minimum is not None:
@@ -475,6 +475,12 @@ def _covtype(root):
     write_svmlight(root, "covtype")
 
 
+def _multiwoz(root):
+    from fixtures_multiwoz import write_multiwoz
+
+    write_multiwoz(root / "multiwoz")
+
+
 def _bz2(text: str) -> bytes:
     import bz2
 
@@ -789,6 +795,49 @@ CORRUPT_FILES = [
         "'3:inf' is not INDEX:VALUE with an index >= 0 and a finite value",
     ),
     ("svmlight-empty", "covtype-logreg", _covtype, "covtype.bz2", lambda r, b: _bz2(""), "no rows"),
+    # MultiWOZ's JSON release files
+    (
+        "json-cut",
+        "multiwoz-lstm",
+        _multiwoz,
+        "multiwoz/data.json",
+        lambda r, b: b[: len(b) // 2],
+        "data.json: not JSON",
+    ),
+    (
+        "json-empty",
+        "multiwoz-lstm",
+        _multiwoz,
+        "multiwoz/data.json",
+        lambda r, b: b"",
+        "empty file",
+    ),
+    (
+        "json-not-dialogues",
+        "multiwoz-lstm",
+        _multiwoz,
+        "multiwoz/data.json",
+        lambda r, b: b"[1, 2, 3]",
+        "data.json: expected a dict of dialogues",
+    ),
+    (
+        "json-bad-dialogue",
+        "multiwoz-lstm",
+        _multiwoz,
+        "multiwoz/data.json",
+        lambda r, b: json.dumps(
+            {k: {**v, "log": [{"no": "text"}, {}]} for k, v in json.loads(b).items()}
+        ).encode(),
+        "is not a MultiWOZ dialogue",
+    ),
+    (
+        "json-database",
+        "multiwoz-lstm",
+        _multiwoz,
+        "multiwoz/hotel_db.json",
+        lambda r, b: b'{"a": 1}',
+        "hotel_db.json: expected a list of entries",
+    ),
 ]
 
 

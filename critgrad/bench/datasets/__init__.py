@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 # Loader modules of this package, imported in this order on first use. A module that is not there
 # (yet) is skipped; an error inside one that is there surfaces.
-_MODULES = ("mnist", "cifar", "text", "snli", "svmlight")
+_MODULES = ("mnist", "cifar", "text", "snli", "svmlight", "multiwoz")
 
 Locator = Callable[..., str]
 _LOCATORS: dict[str, Locator] = {}

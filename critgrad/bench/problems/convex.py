@@ -32,6 +32,7 @@ from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
+from critgrad.bench.finite_sum import LinearFiniteSum, cross_entropy_rows
 from critgrad.bench.problem import ProblemSpec, Task, integer, number, shuffled_batches
 from critgrad.bench.problems import register
 
@@ -118,6 +119,8 @@ def logistic_regression_task(
         higher_is_better=False,
         epochs=settings["epochs"],
         grad_clip=None,
+        # The same objective, row by row, for per-row methods (the harness's SAGA).
+        finite_sum=LinearFiniteSum(train_x, train_y, l2, cross_entropy_rows, curvature=0.5),
         info={
             **info,
             "train_size": len(train_x),
