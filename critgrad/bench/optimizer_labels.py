@@ -119,3 +119,79 @@ def create_for_task(label: str, task: Any, hyperparameters: Mapping[str, Any]) -
     if name in TASK_METHODS:
         return importlib.import_module(TASK_METHODS[name]).prepare(task, arguments)
     return task, create(label, task.model, hyperparameters)
+
+
+# What the hyperparameters of torch's optimizers and of the memory accept, by name, checked before
+# the optimizer sees them: the optimizers themselves take ``lr=True`` as 1.0 and ``lr=inf``
+# without a word, and refuse ``topC=np.int64(5)``. Other names are left to the optimizer.
+NUMBER_KEYS = frozenset(
+    {
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "alpha",
+        "eps",
+        "lr_decay",
+        "initial_accumulator_value",
+        "momentum_decay",
+        "decay",
+        "kappa",
+    }
+)
+INTEGER_KEYS = frozenset({"topC"})
+BOOLEAN_KEYS = frozenset(
+    {
+        "nesterov",
+        "amsgrad",
+        "maximize",
+        "centered",
+        "capturable",
+        "differentiable",
+        "decoupled_weight_decay",
+        "decay_norm_and_bias",
+        "compile",
+    }
+)
+OPTIONAL_BOOLEAN_KEYS = frozenset({"foreach", "fused", "synced"})
+PAIR_KEYS = frozenset({"betas"})
+
+
+def check_hyperparameters(label: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``hyperparameters`` of ``label`` as plain values, checked: the kinds above, then the
+    optimizer built over a probe parameter and stepped once, so that what it refuses is refused
+    now, before any run. :class:`~critgrad.bench.values.ConfigError` says which, on one line."""
+    from critgrad.bench import values
+
+    checked = {}
+    for key, value in values.table(f"hyperparameters of {label}", hyperparameters).items():
+        name = f"{label}.{key}" if label else key
+        value = values.plain(value, name)
+        if key in NUMBER_KEYS:
+            if value is not None:  # None: the optimizer's own default (saga: 1/(3L))
+                values.number(name, value)
+        elif key in INTEGER_KEYS:
+            values.integer(name, value)
+        elif key in BOOLEAN_KEYS:
+            values.boolean(name, value)
+        elif key in OPTIONAL_BOOLEAN_KEYS and value is not None:
+            if not isinstance(value, bool):
+                raise values.fail(name, value, "true, false or null")
+        elif key in PAIR_KEYS and not (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(values.is_number(v) for v in value)
+        ):
+            raise values.fail(name, value, "a list of two numbers")
+        checked[key] = value
+    name, _ = resolve(label, checked)  # unknown label, memory settings given to a vanilla one
+    probe = torch.nn.Parameter(torch.zeros(2))
+    try:
+        optimizer = create(label, [probe], checked)
+        if name not in TASK_METHODS:  # a task method's dry build cannot step without its task
+            probe.grad = torch.ones_like(probe)
+            optimizer.step()
+    except Exception as error:  # whatever the optimizer refuses, in its own words
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise values.ConfigError(f"optimizer {label} with {checked}: {message}") from None
+    return checked

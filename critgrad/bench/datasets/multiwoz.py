@@ -47,6 +47,7 @@ from typing import Any
 
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
+from critgrad.bench.datasets._integrity import corrupt, read_text
 
 REQUIRED = ("data.json", "valListFile.json", "testListFile.json")
 ACTS_FILE = "dialogue_acts.json"
@@ -143,7 +144,16 @@ def locate(data_dir: str | os.PathLike | None = None) -> Path:
 
 def read_list_file(path: Path) -> list[str]:
     """Dialogue ids, one per line (the release's list files are plain text despite their name)."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of the release; CorruptData naming it when it is empty, not UTF-8 or not
+    JSON."""
+    try:
+        return json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise corrupt(path, f"not JSON ({error})") from None
 
 
 def _turn_domain(acts: Mapping[str, Any], previous: str | None) -> str | None:
@@ -227,12 +237,14 @@ def load(data_dir: str | os.PathLike | None = None) -> MultiWoz:
     key = str(folder.resolve())
     if key in _CACHE:
         return _CACHE[key]
-    data = json.loads((folder / "data.json").read_text())
+    data = _read_json(folder / "data.json")
     if not isinstance(data, Mapping):
-        raise ValueError(f"{folder / 'data.json'}: expected a dict of dialogues")
+        raise corrupt(folder / "data.json", "expected a dict of dialogues")
     acts = None
     if (folder / ACTS_FILE).is_file():
-        acts = json.loads((folder / ACTS_FILE).read_text())
+        acts = _read_json(folder / ACTS_FILE)
+        if not isinstance(acts, Mapping):
+            raise corrupt(folder / ACTS_FILE, "expected a dict of dialogue acts")
     valid_ids = read_list_file(folder / "valListFile.json")
     test_ids = read_list_file(folder / "testListFile.json")
     unknown = sorted(set(valid_ids + test_ids) - set(data))
@@ -241,12 +253,22 @@ def load(data_dir: str | os.PathLike | None = None) -> MultiWoz:
             f"{folder}: {len(unknown)} ids of the list files are not in data.json, e.g. {unknown[:3]}"
         )
     held_out = set(valid_ids) | set(test_ids)
-    dialogues = {name: _dialogue(name, data[name], acts) for name in data}
+    dialogues = {}
+    for name in data:
+        try:
+            dialogues[name] = _dialogue(name, data[name], acts)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            raise corrupt(
+                folder / "data.json", f"dialogue {name} is not a MultiWOZ dialogue ({error!r})"
+            ) from None
     databases = {}
     for domain in DB_DOMAINS:
         path = folder / f"{domain}_db.json"
         if path.is_file():
-            databases[domain] = tuple(json.loads(path.read_text()))
+            rows = _read_json(path)
+            if not isinstance(rows, list):
+                raise corrupt(path, "expected a list of entries")
+            databases[domain] = tuple(rows)
     dropped = sum(len(raw["log"]) % 2 for raw in data.values())
     result = MultiWoz(
         train=tuple(dialogues[name] for name in sorted(data) if name not in held_out),
@@ -299,5 +321,11 @@ def _locate_with_model(data_dir: str | os.PathLike | None = None) -> str:
     return f"{locate(data_dir)} + {locate_pretrained(PRETRAINED, data_dir)}"
 
 
-register_locator("multiwoz", lambda data_dir=None: str(locate(data_dir)))
-register_locator("multiwoz+roberta-base", _locate_with_model)
+def verify(data_dir: str | os.PathLike | None = None) -> Path:
+    """The release's folder, its files read and checked (remembered per process)."""
+    load(data_dir)
+    return locate(data_dir)
+
+
+register_locator("multiwoz", lambda data_dir=None: str(locate(data_dir)), verify)
+register_locator("multiwoz+roberta-base", _locate_with_model, verify)

@@ -49,7 +49,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 
 from critgrad.bench import dialogue_metrics
 from critgrad.bench.datasets import multiwoz as multiwoz_data
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Setting, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
@@ -73,6 +73,24 @@ FULL = {
 }
 CPU = {**FULL, "train_dialogues": 500, "valid_dialogues": 100, "test_dialogues": 100, "epochs": 2}
 ROBERTA = {"pretrained": multiwoz_data.PRETRAINED, "max_context_tokens": 128}
+# What each setting accepts (checked before anything is loaded).
+SCHEMA = {
+    "train_dialogues": integer(1, none="the whole split"),
+    "valid_dialogues": integer(1, none="the whole split"),
+    "test_dialogues": integer(1, none="the whole split"),
+    "context_turns": integer(1),
+    "max_context_tokens": integer(1),
+    "max_response_tokens": integer(1),
+    "vocab_size": integer(7),  # the special tokens and at least one word
+    "embedding_dim": integer(1),
+    "hidden_size": integer(1),
+    "dropout": number(0, maximum=1, open_maximum=True),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "epochs": integer(1),
+    "grad_clip": number(0, open_minimum=True, none="no clipping"),
+    "pretrained": Setting("string", rule=(lambda v: bool(v.strip()), "a model folder's name")),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,6 +502,7 @@ register(
         higher_is_better=True,
         sizes={"cpu": dict(CPU), "full": dict(FULL)},
         builder=_build_lstm,
+        schema=SCHEMA,
     )
 )
 register(
@@ -495,5 +514,6 @@ register(
         higher_is_better=True,
         sizes={"cpu": {**CPU, **ROBERTA}, "full": {**FULL, **ROBERTA}},
         builder=_build_roberta,
+        schema=SCHEMA,
     )
 )

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from critgrad.bench.datasets import cifar as cifar_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task
+from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
+from critgrad.bench.problems.mnist import SCHEMA as IMAGE_SCHEMA
 from critgrad.bench.problems.mnist import image_classification_task
 
 SPLIT_SEED = 20220425  # fixed: the train/valid split must not change with the run's seed
@@ -60,6 +61,20 @@ SPLIT_WORDS = (
 # Fashion-MNIST is not in the paper: its full size is the CIFAR-10 schedule on the 50k / 10k / 10k
 # split of the MNIST loader.
 FASHION_FULL = {**FULL, "train_size": 50_000, "valid_size": 10_000, "eval_batch_size": 2_000}
+
+
+def cifar_schema(classes: int) -> dict:
+    """The settings' declarations: the image ones, a class-balanced validation split, and the
+    models' depth, width and dropout."""
+    return {
+        **IMAGE_SCHEMA,
+        "valid_size": integer(
+            classes, rule=(lambda v: v % classes == 0, f"a multiple of the {classes} classes")
+        ),
+        "depth": integer(8, rule=(lambda v: (v - 2) % 6 == 0, "6n+2 (20, 32, 56, 110, ...)")),
+        "width": integer(1),
+        "dropout": number(0, maximum=1, open_maximum=True),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +273,7 @@ register(
             "full": dict(FASHION_FULL),
         },
         builder=_build_fashion,
+        schema=IMAGE_SCHEMA,
     )
 )
 
@@ -314,5 +330,6 @@ for _name, _dataset, _description, _make, _cpu, _full in (
                 "full-45k": {**FULL, **_full, **AUTHORS_SPLIT},
             },
             builder=_cifar_builder(_dataset, _make),
+            schema=cifar_schema(cifar_data.LAYOUTS[_dataset].classes),
         )
     )
