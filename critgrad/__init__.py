@@ -6,6 +6,7 @@ opt = critgrad.CriticalGradients(torch.optim.SGD(params, lr=0.1), topC=5)  # any
 opt = critgrad.create_optimizer(model, "adamw_c", lr=1e-3, weight_decay=0.01)
 """
 
+from .aggmo import AggMo
 from .memory import AGGREGATIONS, KEY_MODES
 from .optimizers import (
     SGD,
@@ -16,6 +17,7 @@ from .optimizers import (
     Adamax,
     AdamW,
     AdamW_C,
+    AggMo_C,
     NAdam,
     RAdam,
     RMSprop,
@@ -37,6 +39,8 @@ __all__ = [
     "AdamW_C",
     "Adam_C",
     "Adamax",
+    "AggMo",
+    "AggMo_C",
     "CriticalGradients",
     "NAdam",
     "RAdam",

@@ -1,7 +1,8 @@
 """Optimizers by name, and a factory in the style of timm's ``create_optimizer``.
 
 Names are lowercase: ``"adam"`` is ``torch.optim.Adam``; ``"adam_c"`` is :class:`critgrad.Adam`
-(its memory-augmented twin). ``"sgd"`` with ``momentum=0.9`` is SGD with momentum.
+(its memory-augmented twin). ``"sgd"`` with ``momentum=0.9`` is SGD with momentum. ``"aggmo"`` is
+:class:`critgrad.AggMo` and ``"aggmo_c"`` its twin :class:`critgrad.AggMo_C`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from . import optimizers
+from .aggmo import AggMo
 
 _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]]] = {
     "sgd": (torch.optim.SGD, optimizers.SGD),
@@ -23,6 +25,7 @@ _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]
     "adamax": (torch.optim.Adamax, optimizers.Adamax),
     "nadam": (torch.optim.NAdam, optimizers.NAdam),
     "radam": (torch.optim.RAdam, optimizers.RAdam),
+    "aggmo": (AggMo, optimizers.AggMo_C),
 }
 
 MEMORY_SUFFIX = "_c"

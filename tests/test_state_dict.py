@@ -67,13 +67,59 @@ def test_resume_equals_never_stopping(name, kwargs, dtype):
     assert opt_a.memory_stats() == opt_c.memory_stats()
 
 
+def snapshot(opt):
+    """Deep copies of everything the optimizer holds: groups, base state, memory."""
+    return (
+        [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+        {id(p): {k: v.clone() for k, v in st.items()} for p, st in opt.state.items()},
+        {id(p): {k: v.clone() for k, v in mem.items()} for p, mem in opt.memory.items()},
+    )
+
+
+def assert_same_snapshot(a, b):
+    assert a[0] == b[0]
+    for live, saved in ((a[1], b[1]), (a[2], b[2])):
+        assert live.keys() == saved.keys()
+        for pid in live:
+            assert live[pid].keys() == saved[pid].keys()
+            for key in live[pid]:
+                assert torch.equal(live[pid][key], saved[pid][key]), key
+
+
 def test_state_dict_does_not_alias_live_state():
-    params = make_params()
-    opt = critgrad.Adam(params, lr=0.01)
-    set_grads(params, gradient_sequence(params, 1)[0])
-    opt.step()
+    """Editing the returned dict (replacing entries, removing them, changing options) leaves the
+    optimizer as it was; the state dict adds nothing to the live per-parameter state."""
+    params, twin_params = make_params(), make_params()
+    opt = critgrad.Adam(params, lr=0.01, topC=2)
+    twin = critgrad.Adam(twin_params, lr=0.01, topC=2)
+    grads = gradient_sequence(params, 6)
+    for g in grads[:3]:
+        for ps, o in ((params, opt), (twin_params, twin)):
+            set_grads(ps, g)
+            o.step()
+    before = snapshot(opt)
     sd = opt.state_dict()
     assert "critical_store" in sd["state"][0] and "exp_avg" in sd["state"][0]
+    assert all(not k.startswith("critical_") for st in opt.state.values() for k in st)
+    for index, entry in sd["state"].items():
+        entry["critical_store"] = torch.full_like(entry["critical_store"], 7.0)
+        del entry["critical_sum"]
+        del entry["exp_avg"]
+        entry["step"] = torch.tensor(100.0)
+        sd["state"][index] = {}
+    sd["param_groups"][0]["lr"] = 123.0
+    sd["param_groups"][0]["topC"] = 99
+    sd["param_groups"][0]["params"].clear()
+    assert_same_snapshot(snapshot(opt), before)
+    for g in grads[3:]:  # and it trains on exactly like an optimizer whose dict was not touched
+        for ps, o in ((params, opt), (twin_params, twin)):
+            set_grads(ps, g)
+            o.step()
+    for a, b in zip(params, twin_params):
+        assert torch.equal(a, b)
+        for key, value in twin.memory[b].items():
+            assert torch.equal(opt.memory[a][key], value), key
+    assert opt.memory_stats() == twin.memory_stats()
 
 
 def test_refuses_other_topC():
@@ -144,19 +190,105 @@ def test_deepcopy_is_independent():
     assert int(twin.state_dict()["state"][0]["critical_stats"][0]) == 7
 
 
-def test_memory_moves_with_the_parameters_device_and_dtype():
+def assert_memory_equal(mem, saved, dtypes):
+    """The reloaded memory holds the saved values, in the dtypes given (exact conversions)."""
+    for key, value in saved.items():
+        if not key.startswith("critical_"):
+            continue
+        assert mem[key].dtype == dtypes.get(key, value.dtype), key
+        assert torch.equal(mem[key].cpu(), value.cpu().to(mem[key].dtype)), key
+
+
+def test_memory_moves_to_the_parameters_dtype():
     params = make_params(torch.float32)
-    opt = critgrad.Adam(params, lr=0.01, store_dtype=torch.bfloat16)
-    set_grads(params, gradient_sequence(params, 1)[0])
-    opt.step()
-    sd = roundtrip(opt.state_dict())
-    # A float64 copy of the model still gets a bfloat16 store (the chosen store dtype) and an
-    # exact float64 sum; counters stay integers.
+    opt = critgrad.Adam(params, lr=0.01, topC=3, store_dtype=torch.bfloat16)
+    grads = gradient_sequence(params, 8)
+    for g in grads[:5]:
+        set_grads(params, g)
+        opt.step()
+    saved = opt.state_dict()
+    # Two copies: torch's load_state_dict keeps a loaded "step" tensor as it is, so two
+    # optimizers loaded from one dict would count their steps in one shared tensor.
+    sd, sd_fresh = roundtrip(saved), roundtrip(saved)
+    # A float64 copy of the model keeps the chosen bfloat16 store and gets an exact float64 sum;
+    # priorities, ages and counts keep their dtypes and values.
     params64 = make_params(torch.float64)
-    opt64 = critgrad.Adam(params64, lr=0.01, store_dtype=torch.bfloat16)
+    opt64 = critgrad.Adam(params64, lr=0.01, topC=3, store_dtype=torch.bfloat16)
     opt64.load_state_dict(sd)
-    mem = opt64.memory[params64[0]]
-    assert mem["critical_store"].dtype == torch.bfloat16
-    assert mem["critical_sum"].dtype == torch.float64
-    assert mem["critical_age"].dtype == torch.int64 and mem["critical_stats"].dtype == torch.int64
-    assert mem["critical_store"].device == params64[0].device
+    for index, p in enumerate(params64):
+        mem = opt64.memory[p]
+        assert_memory_equal(
+            mem,
+            sd["state"][index],
+            {"critical_store": torch.bfloat16, "critical_sum": torch.float64},
+        )
+        assert mem["critical_store"].device == p.device and mem["critical_sum"].device == p.device
+    # All statistics but last_key, which describes the last step() of this very optimizer.
+    for got, want in zip(opt64.memory_stats(), opt.memory_stats()):
+        assert {**got, "last_key": None} == {**want, "last_key": None}
+    # The reloaded memory is used: the next direction includes it, so the float64 copy follows
+    # the float32 run (to float32 precision) rather than a fresh optimizer's.
+    fresh = make_params(torch.float64)
+    with torch.no_grad():
+        for p, q, src in zip(params64, fresh, params):
+            p.copy_(src)
+            q.copy_(src)
+    fresh_opt = critgrad.Adam(fresh, lr=0.01, topC=3, store_dtype=torch.bfloat16)
+    fresh_opt.load_state_dict(
+        {
+            **sd_fresh,
+            "state": {
+                i: {k: v for k, v in e.items() if not k.startswith("critical_")}
+                for i, e in sd_fresh["state"].items()
+            },
+        }
+    )
+    for g in grads[5:]:
+        for ps, o in ((params, opt), (params64, opt64), (fresh, fresh_opt)):
+            set_grads(ps, g)
+            o.step()
+    for a, b, c in zip(params, params64, fresh):
+        torch.testing.assert_close(b.float(), a.detach(), rtol=1e-5, atol=1e-6)
+        assert (c.float() - a.detach()).abs().max() > 1e-4
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("source, target", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_memory_moves_between_cpu_and_cuda(source, target):
+    """Saved on one device, loaded for parameters on the other: the memory lands on the
+    parameters' device with the same values, and training goes on as on the source device."""
+    grads = gradient_sequence(make_params(), 10)
+    params = make_params(torch.float64, device=source)
+    opt = critgrad.SGD(params, lr=0.05, momentum=0.9, topC=3, aggr="mean")
+    for g in grads[:6]:
+        set_grads(params, g)
+        opt.step()
+    sd = roundtrip(opt.state_dict())
+    moved = make_params(torch.float64, device=target)
+    with torch.no_grad():
+        for p, q in zip(moved, params):
+            p.copy_(q.to(target))
+    opt_moved = critgrad.SGD(moved, lr=0.05, momentum=0.9, topC=3, aggr="mean")
+    opt_moved.load_state_dict(sd)
+    for index, p in enumerate(moved):
+        mem = opt_moved.memory[p]
+        assert mem["critical_store"].device == p.device and mem["critical_sum"].device == p.device
+        assert opt_moved.state[p]["momentum_buffer"].device == p.device
+        assert_memory_equal(mem, sd["state"][index], {})
+    for g in grads[6:]:
+        for ps, o in ((params, opt), (moved, opt_moved)):
+            set_grads(ps, g)
+            o.step()
+    # CPU and CUDA kernels (norms, foreach or for-loop SGD) round differently in the last bits:
+    # float64, 4 steps, so 1e-12 is thousands of roundings away. Counts are decisions: exact.
+    for a, b in zip(params, moved):
+        torch.testing.assert_close(b.detach().cpu(), a.detach().cpu(), rtol=1e-12, atol=1e-12)
+    for got, want in zip(opt_moved.memory_stats(), opt.memory_stats()):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-12), key
+            else:
+                assert got[key] == value, key

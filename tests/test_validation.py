@@ -5,22 +5,33 @@ import torch
 
 import critgrad
 
+# (arguments, the argument's name, fragments of the allowed values the message must state)
 INVALID = [
-    (dict(topC=0), "topC"),
-    (dict(topC=-3), "topC"),
-    (dict(topC=2.5), "topC"),
-    (dict(topC=True), "topC"),
-    (dict(decay=-0.1), "decay"),
-    (dict(decay=1.5), "decay"),
-    (dict(decay=float("nan")), "decay"),
-    (dict(kappa=-1.0), "kappa"),
-    (dict(kappa=float("inf")), "kappa"),
-    (dict(aggr="avg"), "aggr"),
-    (dict(key="l2"), "key"),
-    (dict(store_dtype=torch.int8), "store_dtype"),
-    (dict(store_dtype="bfloat16"), "store_dtype"),
-    (dict(synced="yes"), "synced"),
+    (dict(topC=0), "topC", [">= 1"]),
+    (dict(topC=-3), "topC", [">= 1"]),
+    (dict(topC=2.5), "topC", [">= 1"]),
+    (dict(topC=True), "topC", [">= 1"]),
+    (dict(decay=-0.1), "decay", ["[0, 1]"]),
+    (dict(decay=1.5), "decay", ["[0, 1]"]),
+    (dict(decay=float("nan")), "decay", ["[0, 1]"]),
+    (dict(kappa=-1.0), "kappa", [">= 0"]),
+    (dict(kappa=float("inf")), "kappa", [">= 0"]),
+    (dict(aggr="avg"), "aggr", ["sum", "mid", "mean"]),
+    (dict(key="l2"), "key", ["sum_of_norms", "per_tensor", "global_norm"]),
+    (dict(store_dtype=torch.int8), "store_dtype", ["floating"]),
+    (dict(store_dtype="bfloat16"), "store_dtype", ["floating"]),
+    (dict(synced="yes"), "synced", ["True", "False"]),
 ]
+IDS = [f"{n}={next(iter(k.values()))}" for k, n, _ in INVALID]
+
+
+def check_message(error, kwargs, name, allowed):
+    """The message names the argument, shows the value given and states the allowed values."""
+    message = str(error.value)
+    assert name in message, message
+    assert repr(next(iter(kwargs.values()))) in message, message
+    for fragment in allowed:
+        assert fragment in message, (fragment, message)
 
 
 def params():
@@ -30,21 +41,26 @@ def params():
 @pytest.mark.parametrize(
     "cls", [critgrad.SGD_C, critgrad.RMSprop_C, critgrad.Adam_C, critgrad.AdamW_C, critgrad.NAdam]
 )
-@pytest.mark.parametrize(
-    "kwargs, name", INVALID, ids=[f"{n}={next(iter(k.values()))}" for k, n in INVALID]
-)
-def test_invalid_memory_argument(cls, kwargs, name):
-    with pytest.raises(ValueError, match=rf"Invalid {name}|{name}"):
+@pytest.mark.parametrize("kwargs, name, allowed", INVALID, ids=IDS)
+def test_invalid_memory_argument(cls, kwargs, name, allowed):
+    with pytest.raises(ValueError) as error:
         cls(params(), **kwargs)
+    check_message(error, kwargs, name, allowed)
 
 
-@pytest.mark.parametrize("kwargs, name", [(k, n) for k, n in INVALID if n != "synced"])
-def test_invalid_argument_in_param_group(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+@pytest.mark.parametrize(
+    "kwargs, name, allowed",
+    [case for case in INVALID if case[1] != "synced"],
+    ids=[i for i, case in zip(IDS, INVALID) if case[1] != "synced"],
+)
+def test_invalid_argument_in_param_group(kwargs, name, allowed):
+    with pytest.raises(ValueError) as error:
         critgrad.Adam([{"params": params(), **kwargs}])
+    check_message(error, kwargs, name, allowed)
     opt = critgrad.Adam(params())
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError) as error:
         opt.add_param_group({"params": params(), **kwargs})
+    check_message(error, kwargs, name, allowed)
     assert len(opt.param_groups) == 1 and len(opt.base.param_groups) == 1
 
 
@@ -56,9 +72,9 @@ def test_base_optimizer_errors_still_raise():
 
 
 def test_wrapper_rejects_non_optimizers():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
         critgrad.CriticalGradients(params())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="already has a critical-gradient memory"):
         critgrad.CriticalGradients(critgrad.Adam(params()))
 
 

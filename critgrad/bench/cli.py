@@ -10,6 +10,7 @@ critgrad main [--out results/main] [--workers 2]
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -52,8 +53,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: integer, float, true/false/none, else the string itself."""
+def parse_value(text: str, item: str | None = None) -> Any:
+    """A --set / --override value: integer, float, true/false/none, else the string itself.
+
+    NaN and infinities are refused: a record stores them as null, so ``lr=inf`` would be kept as
+    ``lr=null`` and mean something else on the next run. ``item`` (``key=value``) names the value
+    in the message."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -61,9 +66,12 @@ def parse_value(text: str) -> Any:
         return None
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"{item or text!r}: {text} is not a finite number")
+        return value
     return text
 
 
@@ -79,7 +87,7 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
             raise UsageError(
                 f"--set {item!r}: {label!r} is not one of --optimizers {','.join(optimizers)}"
             )
-        settings.setdefault(label if dot else "all", {})[name] = parse_value(value)
+        settings.setdefault(label if dot else "all", {})[name] = parse_value(value, item)
     return settings
 
 
@@ -88,54 +96,70 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
 
 def command_list(args) -> int:
     from critgrad.bench import optimizer_labels
-    from critgrad.bench.datasets import locate
-    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.datasets import verify
+    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import list_problems
 
     problems = list_problems()
     width = max((len(p.name) for p in problems), default=8)
     print(f"problems (data status for --data-dir {args.data_dir or '(none)'}; sizes):")
-    missing = []
+    missing, corrupt, status_of = [], [], {}
     for problem in problems:
-        try:
-            status = f"ok      {locate(problem.dataset, args.data_dir)}"
-        except DataUnavailable as error:
-            status = f"missing {problem.dataset}"
-            missing.append(str(error))
-        except KeyError:
-            status = f"?       {problem.dataset} (no locator)"
+        if problem.dataset not in status_of:  # each data set is checked once
+            try:
+                status_of[problem.dataset] = f"ok      {verify(problem.dataset, args.data_dir)}"
+            except DataUnavailable as error:
+                status_of[problem.dataset] = f"missing {problem.dataset}"
+                missing.append(str(error))
+            except CorruptData as error:
+                status_of[problem.dataset] = f"corrupt {problem.dataset}"
+                corrupt.append(" ".join(str(error).split()))
+            except KeyError:
+                status_of[problem.dataset] = f"?       {problem.dataset} (no locator)"
         print(f"  {problem.name:<{width}}  {'/'.join(problem.sizes)}  {problem.description}")
-        print(f"  {'':<{width}}  data: {status}")
+        print(f"  {'':<{width}}  data: {status_of[problem.dataset]}")
     for message in dict.fromkeys(missing):
         print(f"  missing data: {message}")
+    for message in dict.fromkeys(corrupt):  # a folder may serve two data sets
+        print(f"  corrupt data: {message}")
     try:
         labels = optimizer_labels.known_labels()
         aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
         print(f"optimizers: {', '.join(labels)}")
         print(f"  aliases: {aliases}")
+        from critgrad.bench.saga import FINITE_SUM_PROBLEMS
+
+        print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
     except RuntimeError as error:
         print(f"optimizers: unavailable ({error})")
     return 0
 
 
 def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
+    """The summary line, the report, and the exit status: 1 when a run failed or the report could
+    not be written, 0 otherwise (diverged runs are results: they are counted and reported)."""
     from critgrad.bench import report as reporting
 
+    diverged = f" ({len(outcome.diverged)} diverged)" if outcome.diverged else ""
+    elsewhere = f", {outcome.elsewhere} done by another sweep" if outcome.elsewhere else ""
     print(
-        f"{outcome.ran} run(s) done, {outcome.skipped} already finished, "
+        f"{outcome.ran} run(s) done{diverged}, {outcome.skipped} already finished{elsewhere}, "
         f"{len(outcome.failed)} failed; records in {sweep_obj.out}",
         file=sys.stderr,
     )
+    code = EXIT_FAILED_RUNS if outcome.failed else 0
     if report:
         try:
-            _, text, path = reporting.write_report(sweep_obj.out)
-        except ValueError as error:  # nothing to report (every run failed)
-            print(f"no report: {error}", file=sys.stderr)
-        else:
-            if print_tables:
-                print(text)
-            print(f"report: {path}", file=sys.stderr)
-    return EXIT_FAILED_RUNS if outcome.failed else 0
+            analysis, text, path = reporting.write_report(sweep_obj.out)
+        except (ValueError, OSError) as error:  # nothing to report (every run failed), or no room
+            print(f"no report: {' '.join(str(error).split())}", file=sys.stderr)
+            return EXIT_FAILED_RUNS
+        if print_tables:
+            print(text)
+        for line in reporting.unresolved_lines(analysis):
+            print(line, file=sys.stderr)
+        print(f"report: {path}", file=sys.stderr)
+    return code
 
 
 def _command_line() -> str:
@@ -156,7 +180,7 @@ def command_run(args) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--override expects key=value, got {item!r}")
-        overrides[key] = parse_value(value)
+        overrides[key] = parse_value(value, item)
     if args.epochs:
         overrides["epochs"] = args.epochs
     out = Path(args.out or Path("runs") / "+".join(args.problems))
@@ -192,7 +216,11 @@ def command_sweep(args) -> int:
 
 def command_report(args) -> int:
     from critgrad.bench import report as reporting
+    from critgrad.bench.sweep import writable_folder
 
+    if not Path(args.dir).is_dir():
+        raise FileNotFoundError(f"run directory {args.dir} not found")
+    writable_folder(args.out or args.dir, "report folder")
     analysis, text, path = reporting.write_report(args.dir, args.out, with_plots=not args.no_plots)
     for message in analysis.broken:
         print(f"broken record skipped: {message}", file=sys.stderr)
@@ -252,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
         "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
     )
-    run.add_argument("--size", default="cpu", help="cpu (default) or full")
+    run.add_argument(
+        "--size",
+        default="cpu",
+        help="cpu (default), full, or another size the problem lists (critgrad list)",
+    )
     run.add_argument("--epochs", type=_positive_int, help="override the problem's epochs")
     run.add_argument(
         "--override",
@@ -297,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from critgrad.bench.optimizer_labels import UnknownOptimizer
-    from critgrad.bench.problem import DataUnavailable
+    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import UnknownProblem
 
     try:
@@ -308,12 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownProblem,
         UnknownOptimizer,
         DataUnavailable,
+        CorruptData,
         ValueError,
         FileNotFoundError,
         RuntimeError,
     ) as error:
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `critgrad list | head`: the reader has gone, nothing to say
+        return EXIT_FAILED_RUNS
+    except OSError as error:  # the disk, not the input: full, gone, permissions changed mid-run
+        print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
     except KeyboardInterrupt:
         print(
             "critgrad: interrupted; finished runs are kept - the same command resumes",

@@ -7,6 +7,10 @@
   over its other hyperparameters) against the learning rate, when more than one was tried;
 * topC x decay heat map per _C optimizer (best over the learning rate), when the runs have at
   least two values of each.
+
+Diverged runs are never drawn as numbers: learning curves leave them out (the legend counts them),
+a pair with nothing left to draw says so in its panel, the learning-rate plot marks a diverged
+configuration with a cross on the lower edge, the heat map writes "div." in its cell.
 """
 
 from __future__ import annotations
@@ -50,14 +54,22 @@ def _curve_band(runs: Sequence[Mapping[str, Any]], key: str):
     return epochs, values.mean(axis=0), std
 
 
+def _has_positive(values: np.ndarray) -> bool:
+    return bool(np.any(np.isfinite(values) & (values > 0)))
+
+
 def learning_curves(result, path: Path) -> Path | None:
     from critgrad.bench.report import display_name
 
-    pairs = [
-        (base, [label for label in (vanilla, twin) if label and result.results[label].runs])
+    labels_of = {
+        base: [
+            label
+            for label in (vanilla, twin)
+            if label and (result.results[label].runs or result.results[label].status == "diverged")
+        ]
         for base, vanilla, twin in result.pairs
-    ]
-    pairs = [(base, labels) for base, labels in pairs if labels]
+    }
+    pairs = [(base, labels) for base, labels in labels_of.items() if labels]
     if not pairs:
         return None
     plt = _pyplot()
@@ -65,20 +77,41 @@ def learning_curves(result, path: Path) -> Path | None:
         2, len(pairs), figsize=(3.6 * len(pairs), 6.0), squeeze=False, sharex=True
     )
     for column, (base, labels) in enumerate(pairs):
+        notes, log_scale = [], False
         for label in labels:
-            runs = result.results[label].runs
+            item = result.results[label]
+            runs = [r for r in item.runs if not scoring.diverged(r)]
+            if not runs:
+                notes.append(f"{display_name(label)}: {item.cell(result.metric)}")
+                continue
             style = "--" if optimizer_labels.is_memory(label) else "-"
+            legend = f"{display_name(label)} (n={len(runs)}"
+            legend += f", {item.diverged_runs} diverged)" if item.diverged_runs else ")"
             for row, key in enumerate(("valid_metric", "train_loss")):
                 epochs, mean, std = _curve_band(runs, key)
                 # Step 0 has no training loss, and its chance-level validation score would
                 # squash the differences that matter into a thin line at the top.
                 epochs, mean, std = epochs[1:], mean[1:], std[1:]
                 axis = axes[row][column]
-                axis.plot(epochs, mean, style, label=f"{display_name(label)} (n={len(runs)})")
+                axis.plot(epochs, mean, style, label=legend)
                 axis.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+                log_scale = log_scale or (row == 1 and _has_positive(mean))
         axes[0][column].set_title(display_name(base))
-        axes[0][column].legend(fontsize=8)
-        axes[1][column].set_yscale("log")
+        if notes:
+            axes[0][column].text(
+                0.5,
+                0.5,
+                "\n".join(notes),
+                transform=axes[0][column].transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="C3",
+            )
+        if axes[0][column].get_legend_handles_labels()[0]:
+            axes[0][column].legend(fontsize=8)
+        if log_scale:  # a log axis with nothing positive on it is an error in matplotlib
+            axes[1][column].set_yscale("log")
         axes[1][column].set_xlabel("epoch")
     axes[0][0].set_ylabel(f"validation {result.metric}")
     axes[1][0].set_ylabel("training loss")
@@ -123,18 +156,26 @@ def lr_sensitivity(result, protocol: Protocol, path: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.5, 4.0))
     bases = list(dict.fromkeys(optimizer_labels.base_label(label) for label in series))
+    crosses = []
     for label, points in series.items():
         lrs = sorted(p[0] for p in points)
         values = [points[(lr,)] for lr in lrs]
         values = [v if math.isfinite(v) else np.nan for v in values]
+        color = f"C{bases.index(optimizer_labels.base_label(label)) % 10}"
         # A pair shares a colour: solid vanilla, dashed _C.
         axis.plot(
             lrs,
             values,
             "--o" if optimizer_labels.is_memory(label) else "-o",
-            color=f"C{bases.index(optimizer_labels.base_label(label)) % 10}",
+            color=color,
             label=display_name(label),
         )
+        crosses += [(lr, color) for lr, v in zip(lrs, values) if np.isnan(v)]
+    if crosses:  # diverged (or unscored) configurations: a cross on the lower edge
+        transform = axis.get_xaxis_transform()
+        for lr, color in crosses:
+            axis.plot([lr], [0.02], "x", color=color, markersize=9, transform=transform)
+        axis.plot([], [], "xk", label="diverged")
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel(
@@ -175,6 +216,8 @@ def memory_heatmap(result, label: str, protocol: Protocol, path: Path) -> Path |
     for (i, j), value in np.ndenumerate(grid):
         if np.isfinite(value):
             axis.text(j, i, f"{value:.3g}", ha="center", va="center", color="w", fontsize=8)
+        elif (topcs[i], decays[j]) in points:
+            axis.text(j, i, "div.", ha="center", va="center", color="C3", fontsize=8)
     figure.colorbar(image, ax=axis, label=f"{protocol.selection_split} {result.metric}")
     axis.set_title(f"{result.problem}: {display_name(label)}, best over lr")
     figure.tight_layout()

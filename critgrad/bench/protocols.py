@@ -29,7 +29,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from critgrad.bench import optimizer_labels
+from critgrad.bench import optimizer_labels, values
 from critgrad.bench.records import RunSpec
 
 # ---- Defaults, in one place --------------------------------------------------------------------
@@ -123,17 +123,12 @@ class Protocol:
 
 
 def _check_seeds(seeds: Sequence[int], name: str = "seeds") -> tuple[int, ...]:
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError(f"{name} must not be empty")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{name} has duplicates: {list(seeds)}")
-    return seeds
+    """Distinct integers >= 0 (torch and numpy seed generators with them)."""
+    return tuple(values.integers(name, seeds, minimum=0))
 
 
 def _check_optimizers(optimizers: Sequence[str]) -> list[str]:
-    if not optimizers:
-        raise ValueError("optimizers must not be empty")
+    optimizers = values.strings("optimizers", optimizers)
     known = optimizer_labels.known_labels()
     for label in optimizers:
         if label not in known:
@@ -145,9 +140,13 @@ def _check_optimizers(optimizers: Sequence[str]) -> list[str]:
     return list(optimizers)
 
 
-def _seed_note(seeds: Sequence[int]) -> str:
+def seed_note(seeds: Sequence[int]) -> str:
+    """The seeds in words, as the protocols' notes write them."""
     note = f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
     return note + (" - fewer than the 5 the fair protocol asks for" if len(seeds) < 5 else "")
+
+
+_seed_note = seed_note
 
 
 def extra_hyperparameters(
@@ -158,13 +157,28 @@ def extra_hyperparameters(
     Memory settings under "all" reach only the _c optimizers; under a vanilla label's own name
     they are kept, so that creating the optimizer reports the mistake.
     """
-    extra = extra or {}
+    extra = _check_extra(extra)
     merged = dict(extra.get("all", {}))
     if not optimizer_labels.is_memory(label):
         merged = {k: v for k, v in merged.items() if k not in optimizer_labels.MEMORY_KEYS}
     merged.update(extra.get(optimizer_labels.base_label(label), {}))
     merged.update(extra.get(label, {}))
     return merged
+
+
+def _check_extra(extra: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """The ``[hyperparameters]`` table: a table of plain values per label (or "all")."""
+    extra = values.table("hyperparameters", extra)
+    return {
+        label: values.plain(
+            values.table(f"hyperparameters.{label}", table), f"hyperparameters.{label}"
+        )
+        for label, table in extra.items()
+    }
+
+
+def _check_memory(memory: Mapping[str, Any]) -> dict[str, Any]:
+    return values.plain(values.table("memory", memory), "memory")
 
 
 def fair(
@@ -184,17 +198,13 @@ def fair(
     optimizers = _check_optimizers(optimizers)
     seeds = _check_seeds(seeds)
     tune_seeds = _check_seeds(tune_seeds if tune_seeds is not None else seeds[:1], "tune_seeds")
-    lrs = [float(lr) for lr in lrs]
-    if not lrs or any(lr <= 0 for lr in lrs):
-        raise ValueError(f"lrs must be a non-empty list of positive numbers, got {lrs}")
-    if memory_search not in MEMORY_SEARCHES:
-        raise ValueError(f"memory_search must be one of {MEMORY_SEARCHES}, got {memory_search!r}")
+    lrs = [float(lr) for lr in values.numbers_list("lrs", lrs, above=0)]
+    values.string("memory_search", memory_search, MEMORY_SEARCHES)
+    topCs = values.integers("topCs", topCs, minimum=1)
+    decays = values.numbers_list("decays", decays, at_least=0, at_most=1)
+    memory = _check_memory(memory)
+    sample_seed = values.integer("sample_seed", sample_seed)
     grid = list(itertools.product(lrs, topCs, decays))
-    if memory_search == "sampled" and len(grid) < len(lrs):
-        raise ValueError(
-            f"the memory grid has {len(grid)} points, fewer than the {len(lrs)} "
-            "configurations each optimizer gets"
-        )
     configs: dict[str, list[dict[str, Any]]] = {}
     for label in optimizers:
         fixed = extra_hyperparameters(extra, label)
@@ -245,6 +255,10 @@ def paper(
     """The authors' grid and test-set selection (see the module docstring)."""
     optimizers = _check_optimizers(optimizers)
     seeds = _check_seeds(seeds)
+    lrs = values.numbers_list("lrs", lrs, above=0)
+    decays = values.numbers_list("decays", decays, at_least=0, at_most=1)
+    topCs = values.integers("topCs", topCs, minimum=1)
+    kappa = values.number("kappa", kappa, at_least=0)
     configs: dict[str, list[dict[str, Any]]] = {}
     for label in optimizers:
         fixed = extra_hyperparameters(extra, label)
@@ -269,6 +283,10 @@ def fixed(
     configs: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int], note: str = ""
 ) -> Protocol:
     """One given configuration per optimizer label, no tuning."""
+    configs = {
+        label: values.plain(values.table(f"fixed.{label}", config), f"fixed.{label}")
+        for label, config in values.table("fixed", configs).items()
+    }
     _check_optimizers(list(configs))
     seeds = _check_seeds(seeds)
     words = "; ".join(f"{label} {dict(config)}" for label, config in configs.items())

@@ -50,6 +50,12 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        for key, kind in (("problem", str), ("optimizer", str), ("size", str)):
+            if key in data and not isinstance(data[key], kind):
+                raise TypeError(f"{key} should be a string, got {data[key]!r}")
+        for key in ("hyperparameters", "overrides"):
+            if key in data and not isinstance(data[key], Mapping):
+                raise TypeError(f"{key} should be a table, got {data[key]!r}")
         return cls(
             problem=data["problem"],
             optimizer=data["optimizer"],
@@ -90,12 +96,21 @@ def finite_or_none(value: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new, whole."""
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new, whole.
+
+    The temporary file is named after its writer (host and pid: see
+    :func:`critgrad.bench.claims.clean_stale`) and gets the mode the umask gives, as ``open()``
+    would (``mkstemp`` alone makes it 0600)."""
+    from critgrad.bench import claims
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=claims.temporary_name(path), suffix=claims.TMP_SUFFIX, dir=path.parent
+    )
     try:
-        with os.fdopen(handle, "w") as stream:
+        os.fchmod(handle, claims.file_mode())
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(finite_or_none(data), stream, indent=1, allow_nan=False)
             stream.flush()
             os.fsync(stream.fileno())
@@ -120,20 +135,92 @@ class BrokenRecord(ValueError):
     """A record file that cannot be parsed or does not look like a record."""
 
 
-def load_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check one record file; :class:`BrokenRecord` says what is wrong with it."""
-    try:
-        with open(path) as stream:
-            record = json.load(stream)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BrokenRecord(f"{path}: {error}") from None
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optional_number(value: Any) -> bool:
+    return value is None or _is_number(value)
+
+
+# The fields that selection, the report and the plots read, and what each must hold. Every record
+# this code has written has them; a file that lacks one is reported (by name) and run again,
+# instead of failing the report with a KeyError.
+RECORD_FIELDS: dict[str, tuple[Any, str]] = {
+    "metric": (lambda v: isinstance(v, str), "a string"),
+    "higher_is_better": (lambda v: isinstance(v, bool), "true or false"),
+    "history": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"),
+    "final": (lambda v: isinstance(v, dict), "a table"),
+    "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a count"),
+    "wall_seconds": (_is_number, "a number"),
+    "train_seconds": (_is_number, "a number"),
+    "optimizer_seconds": (_is_number, "a number"),
+}
+POINT_FIELDS: dict[str, tuple[Any, str]] = {
+    "epoch": (_is_number, "a number"),
+    "step": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "train_seconds": (_is_number, "a number"),
+    "train_loss": (_optional_number, "a number or null"),
+    "valid_loss": (_optional_number, "a number or null"),
+    "valid_metric": (_optional_number, "a number or null"),
+    "test_loss": (_optional_number, "a number or null"),
+    "test_metric": (_optional_number, "a number or null"),
+}
+FINAL_FIELDS = ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
+
+
+def check_record(record: Any) -> str | None:
+    """What is wrong with a parsed record (None when nothing): the first missing or bad field."""
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise BrokenRecord(f"{path}: not a format-{RECORD_FORMAT} run record")
+        return f"not a format-{RECORD_FORMAT} run record"
     try:
-        spec = RunSpec.from_dict(record["spec"])
-        record["history"], record["final"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise BrokenRecord(f"{path}: missing or bad field {error}") from None
+        RunSpec.from_dict(record["spec"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return f"missing or bad field spec ({type(error).__name__}: {error})"
+    for key, (ok, words) in RECORD_FIELDS.items():
+        if key not in record:
+            return f"missing field {key!r}"
+        if not ok(record[key]):
+            return f"field {key!r} should be {words}, got {_short(record[key])}"
+    for key in FINAL_FIELDS:
+        if key not in record["final"]:
+            return f"missing field 'final.{key}'"
+        if not _optional_number(record["final"][key]):
+            return f"field 'final.{key}' should be a number or null"
+    for index, point in enumerate(record["history"]):
+        if not isinstance(point, dict):
+            return f"field 'history[{index}]' should be a table"
+        for key, (ok, words) in POINT_FIELDS.items():
+            if key not in point:
+                return f"missing field 'history[{index}].{key}'"
+            if not ok(point[key]):
+                return f"field 'history[{index}].{key}' should be {words}, got {_short(point[key])}"
+        if point.get("memory") is not None and not isinstance(point["memory"], dict):
+            return f"field 'history[{index}].memory' should be a table or null"
+    if "diverged" in record and not isinstance(record["diverged"], bool):
+        return "field 'diverged' should be true or false"
+    if record.get("machine") is not None and not isinstance(record["machine"], dict):
+        return "field 'machine' should be a table or null"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check one record file; :class:`BrokenRecord` names the file and says what is
+    wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            record = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise BrokenRecord(f"{path}: {' '.join(str(error).split())}") from None
+    problem = check_record(record)
+    if problem is not None:
+        raise BrokenRecord(f"{path}: {problem}")
+    spec = RunSpec.from_dict(record["spec"])
     if Path(path).name != spec.file_name():
         raise BrokenRecord(f"{path}: file name does not match its spec ({spec.file_name()})")
     return record

@@ -32,12 +32,15 @@ DISPLAY_NAMES = {
     "adamax": "Adamax",
     "nadam": "NAdam",
     "radam": "RAdam",
+    "aggmo": "AggMo",
+    "saga": "SAGA",
 }
 # metric -> (scale, decimals, unit shown in the heading)
 METRIC_FORMATS = {
     "accuracy": (100.0, 2, "%"),
     "perplexity": (1.0, 2, ""),
     "train_loss": (1.0, 4, ""),
+    "bleu": (1.0, 2, ""),
 }
 
 
@@ -55,6 +58,28 @@ class OptimizerResult:
     admitted: float  # admitted / offered gradients at the end (NaN without memory)
     mean_age: float | None
     time_to_target: tuple[int, float] | None = None
+    diverged_runs: int = 0  # among ``runs``
+    tried_configs: int = 0  # configurations with a run on the selection seeds
+    diverged_configs: int = 0  # of those, the ones with a diverged run there
+
+    @property
+    def status(self) -> str:
+        """One of "ok", "diverged" (a reported run diverged, or every configuration tried did), or
+        "missing" (nothing to report yet)."""
+        if self.config is None:
+            if self.tried_configs and self.diverged_configs == self.tried_configs:
+                return "diverged"
+            return "missing"
+        return "diverged" if self.diverged_runs else "ok"
+
+    def cell(self, metric: str) -> str:
+        """The table cell: the summary, or in words why there is none."""
+        if self.config is None and self.status == "diverged":
+            count = self.tried_configs
+            return f"diverged (all {count} configurations)" if count > 1 else "diverged"
+        if self.diverged_runs:
+            return f"diverged ({self.diverged_runs} of {len(self.runs)} seeds)"
+        return format_value(metric, self.reported)
 
 
 @dataclasses.dataclass
@@ -150,6 +175,11 @@ def analyse_problem(
             if r["history"][-1].get("memory")
             and r["history"][-1]["memory"].get("mean_age") is not None
         ]
+        tuned = [
+            [r for r in group if r["spec"]["seed"] in protocol.tune_seeds]
+            for group in groups.values()
+        ]
+        tuned = [group for group in tuned if group]
         results[label] = OptimizerResult(
             label=label,
             config=json.loads(config) if config else None,
@@ -160,11 +190,14 @@ def analyse_problem(
             step_ms=scoring.per_step_ms(runs),
             admitted=scoring.admitted_fraction(runs),
             mean_age=sum(ages) / len(ages) if ages else None,
+            diverged_runs=scoring.diverged_count(runs),
+            tried_configs=len(tuned),
+            diverged_configs=sum(1 for group in tuned if scoring.diverged_count(group)),
         )
     pairs = _pairs(list(protocol.configs))
     targets = {}
     for base, vanilla, twin in pairs:
-        if vanilla and twin and results[vanilla].runs and results[twin].runs:
+        if vanilla and twin and results[vanilla].status == results[twin].status == "ok":
             target = scoring.pair_target(
                 [results[vanilla].valid[0], results[twin].valid[0]], higher
             )
@@ -194,8 +227,9 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
     all_records, broken = records.read_records(run_dir)
     manifest = sweep.read_manifest(run_dir)
     if not all_records:
+        first = f"; the first: {broken[0]}" if broken else ""
         raise ValueError(
-            f"no run records in {run_dir}" + (f" ({len(broken)} broken)" if broken else "")
+            f"no run records in {run_dir}" + (f" ({len(broken)} broken{first})" if broken else "")
         )
     protocol = Protocol.from_dict(manifest["protocol"]) if manifest else infer_protocol(all_records)
     problems = []
@@ -215,7 +249,7 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
             mine = [r for r in all_records if r["spec"]["problem"] == name]
         if mine:
             problems.append(analyse_problem(name, mine, protocol))
-    machine = manifest["machine"] if manifest else all_records[0].get("machine")
+    machine = (manifest or {}).get("machine") or all_records[0].get("machine")
     return Analysis(run_dir, protocol, manifest, problems, broken, machine)
 
 
@@ -252,20 +286,53 @@ def _metric_heading(result: ProblemResult, protocol: Protocol) -> str:
     return f"{split} {result.metric}{f' ({unit})' if unit else ''}, {which}; {arrow}"
 
 
+_NOTHING = (math.nan, math.nan, 0)
+
+
 def pair_rows(result: ProblemResult) -> list[dict[str, Any]]:
-    """The paper-layout rows: one per vanilla label, with which side is better."""
+    """The paper-layout rows: one per vanilla label, with which side is better (a side that
+    diverged loses to one that did not; two diverged sides mark nothing)."""
     rows = []
     for base, vanilla, twin in result.pairs:
-        left = result.results[vanilla].reported if vanilla else (math.nan, math.nan, 0)
-        right = result.results[twin].reported if twin else (math.nan, math.nan, 0)
+        sides = {}
+        for side, label in (("vanilla", vanilla), ("memory", twin)):
+            item = result.results[label] if label else None
+            sides[side] = item.reported if item else _NOTHING
+            sides[f"{side}_status"] = item.status if item else "missing"
+            sides[f"{side}_text"] = item.cell(result.metric) if item else "-"
+        left, right = sides["vanilla"], sides["memory"]
+        status = (sides["vanilla_status"], sides["memory_status"])
         winner = None
-        if left[2] and right[2]:
+        if status == ("ok", "ok") and left[2] and right[2]:
             if scoring.better(left[0], right[0], result.higher_is_better):
                 winner = "vanilla"
             elif scoring.better(right[0], left[0], result.higher_is_better):
                 winner = "_C"
-        rows.append({"base": base, "vanilla": left, "memory": right, "better": winner})
+        elif status == ("ok", "diverged"):
+            winner = "vanilla"
+        elif status == ("diverged", "ok"):
+            winner = "_C"
+        rows.append({"base": base, **sides, "better": winner})
     return rows
+
+
+def divergence_lines(result: ProblemResult) -> list[str]:
+    """One phrase per optimizer label with diverged runs, for the notes under the table."""
+    phrases = []
+    for label, item in result.results.items():
+        parts = []
+        if item.diverged_configs:
+            parts.append(
+                f"{item.diverged_configs} of {item.tried_configs} configurations on the "
+                "selection seeds" + (" (none left to select)" if item.config is None else "")
+            )
+        if item.diverged_runs:
+            parts.append(
+                f"{item.diverged_runs} of {len(item.runs)} reported runs of the selected one"
+            )
+        if parts:
+            phrases.append(f"{display_name(label)}: {', '.join(parts)}")
+    return phrases
 
 
 def problem_markdown(
@@ -283,7 +350,7 @@ def problem_markdown(
     for row in pair_rows(result):
         cells = []
         for side, key in (("vanilla", "vanilla"), ("_C", "memory")):
-            text = format_value(result.metric, row[key])
+            text = row[f"{key}_text"]
             cells.append(f"**{text}**" if row["better"] == side else text)
         lines.append(f"| {display_name(row['base'])} | {cells[0]} | {cells[1]} |")
     budget = ", ".join(f"{display_name(k)} {v}" for k, v in protocol.budget().items())
@@ -298,7 +365,7 @@ def problem_markdown(
         - {None}
     )
     executor = (analysis.manifest or {}).get("executor") or {}
-    total = analysis.manifest["wall_seconds"] if analysis.manifest else None
+    total = (analysis.manifest or {}).get("wall_seconds")
     lines += [
         "",
         f"- Protocol: {protocol.notes}.",
@@ -324,13 +391,31 @@ def problem_markdown(
     ]
     if selected and protocol.name != "fixed":
         lines.append(f"- Selected: {'; '.join(selected)}.")
+    diverged = divergence_lines(result)
+    if diverged:
+        lines.append(
+            f"- Diverged (never selected, never averaged into a number): {'; '.join(diverged)}."
+        )
     lines += ["", _time_to_target_table(result), "", _cost_table(result)]
     for path in plot_paths:
         lines += ["", f"![{Path(path).stem}]({path})"]
     return "\n".join(lines)
 
 
+def unresolved_lines(analysis: Analysis) -> list[str]:
+    """One line per optimizer label that has no number because every configuration diverged."""
+    return [
+        f"{result.problem}: every configuration of {display_name(label)} diverged "
+        f"({item.tried_configs} tried); the table says so"
+        for result in analysis.problems
+        for label, item in result.results.items()
+        if item.config is None and item.status == "diverged"
+    ]
+
+
 def _time_to_target_table(result: ProblemResult) -> str:
+    if not result.targets:
+        return "Time to target: no pair has results on both sides to compare."
     scale, decimals, unit = METRIC_FORMATS.get(result.metric, (1.0, 4, ""))
     lines = [
         "Time to target (target: the worse of the pair's mean final validation "
@@ -426,6 +511,8 @@ def table_rows(analysis: Analysis) -> list[dict[str, Any]]:
                     "c_std": row["memory"][1],
                     "c_n": row["memory"][2],
                     "better": row["better"] or "",
+                    "vanilla_status": row["vanilla_status"],
+                    "c_status": row["memory_status"],
                 }
             )
     return rows
@@ -455,6 +542,9 @@ def result_rows(analysis: Analysis) -> list[dict[str, Any]]:
                     "train_step_ms": item.step_ms[1],
                     "admitted_fraction": item.admitted,
                     "configurations": len(item.groups),
+                    "status": item.status,
+                    "diverged_runs": item.diverged_runs,
+                    "diverged_configurations": item.diverged_configs,
                 }
             )
     return rows

@@ -1,10 +1,13 @@
 """The arithmetic of the comparison, as pure functions over records.
 
+* A run *diverged* when its record says so, or (records written before the runner checked every
+  step) when one of its final losses or metrics is missing: null stands for a non-finite number.
 * A run's *score* on a split is its final metric (``reduce="final"``) or the best value over its
   evaluation points (``reduce="best"``, what the paper's scripts did with the test split).
-  A missing or non-finite value scores as the worst possible.
+  A diverged run, and a missing or non-finite value, scores as the worst possible.
 * A configuration's selection score is the mean score over the selection seeds; ties go to the
-  configuration listed first, so selection is deterministic.
+  configuration listed first, so selection is deterministic. A configuration with a diverged run
+  on the selection seeds is never selected; when every configuration diverged, none is.
 * Summaries are the mean and the sample standard deviation (``ddof=1``) over seeds.
 * Time-to-target: the target of a pair is the worse of its two selected configurations' mean final
   validation metric; each optimizer's time is the first evaluation point at which its
@@ -37,12 +40,27 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+FINAL_KEYS = ("valid_loss", "valid_metric", "test_loss", "test_metric")
+
+
+def diverged(record: Record) -> bool:
+    """Whether the run diverged (see the module docstring)."""
+    if record.get("diverged"):
+        return True
+    final = record["final"]
+    keys = FINAL_KEYS + (("train_loss",) if record.get("steps") else ())
+    return any(key in final and not _finite(final[key]) for key in keys)
+
+
 def run_score(record: Record, split: str = "valid", reduce: str = "final") -> float:
-    """The run's metric on ``split`` ("valid"/"test"): final, or best over its evaluation points."""
+    """The run's metric on ``split`` ("valid"/"test"): final, or best over its evaluation points;
+    the worst possible for a diverged run."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     higher = record["higher_is_better"]
     key = f"{split}_metric"
+    if diverged(record):
+        return _worst(higher)
     if reduce == "final":
         value = record["final"][key]
         return float(value) if _finite(value) else _worst(higher)
@@ -70,7 +88,8 @@ def select(
     """The configuration with the best mean score over ``seeds`` (all seeds when None).
 
     ``runs_by_config`` is ordered: on a tie the first configuration wins. Configurations without
-    any run on the selection seeds are not candidates; None when no configuration is.
+    any run on the selection seeds are not candidates, nor are those with a diverged run or a
+    non-finite score there; None when no configuration is.
     """
     chosen, chosen_score = None, None
     for config, runs in runs_by_config.items():
@@ -80,23 +99,33 @@ def select(
         if not scored:
             continue
         score = sum(scored) / len(scored)
+        if not math.isfinite(score):
+            continue
         if chosen is None or better(score, chosen_score, higher_is_better):
             chosen, chosen_score = config, score
     return chosen
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (NaN for fewer than two values) and count."""
+    """Mean, sample standard deviation (NaN for fewer than two values) and count; NaN for both
+    when a value is not finite (statistics.stdev raises on NaN instead)."""
     values = [float(v) for v in values]
     if not values:
         return math.nan, math.nan, 0
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan, len(values)
     mean = math.fsum(values) / len(values)
     std = statistics.stdev(values) if len(values) > 1 else math.nan
     return mean, std, len(values)
 
 
+def diverged_count(records: Sequence[Record]) -> int:
+    return sum(diverged(r) for r in records)
+
+
 def metric_values(records: Sequence[Record], split: str, reduce: str) -> list[float]:
-    """Per-run scores as numbers (non-finite ones as NaN, so a summary shows the damage)."""
+    """Per-run scores as numbers (diverged and non-finite ones as NaN, so a summary shows the
+    damage)."""
     values = []
     for record in records:
         score = run_score(record, split, reduce)

@@ -37,13 +37,25 @@ def run_name(spec) -> str:
     return f"{spec.problem}/{spec.optimizer}/seed{spec.seed}-{spec.key()}"
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The full configuration; unknown keys are an error naming them."""
-    config = dict(config or {})
+    """The full configuration; unknown keys and values of the wrong kind are an error naming
+    them."""
+    from critgrad.bench import values
+
+    config = values.table("sinks", config)
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown sink settings {unknown}; allowed: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **config}
+        raise values.ConfigError(f"unknown sink settings {unknown}; allowed: {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **config}
+    values.boolean("sinks tensorboard", config["tensorboard"])
+    values.boolean("sinks wandb", config["wandb"])
+    values.path("sinks dir", config["dir"])
+    values.string("sinks wandb_project", config["wandb_project"])
+    values.string("sinks wandb_mode", config["wandb_mode"], WANDB_MODES)
+    return config
 
 
 class TensorBoardSink:

@@ -40,18 +40,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from critgrad.bench import optimizer_labels, protocols, records, scoring
+from critgrad.bench import claims, optimizer_labels, protocols, records, scoring, values
 from critgrad.bench.protocols import Protocol
 from critgrad.bench.records import RunSpec
 
@@ -139,30 +139,50 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _table(data: Mapping[str, Any], key: str, allowed: set[str] | None = None) -> dict[str, Any]:
-    value = data.get(key, {}) or {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"[{key}] must be a table")
+    value = values.table(key, data.get(key))
     if allowed is not None:
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise ValueError(f"unknown key(s) in [{key}]: {unknown}; allowed: {sorted(allowed)}")
-    return dict(value)
+            raise values.ConfigError(
+                f"unknown key(s) in [{key}]: {unknown}; allowed: {sorted(allowed)}"
+            )
+    return value
+
+
+SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
+
+
+def _check_executor(executor: Mapping[str, Any]) -> dict[str, Any]:
+    """kind, workers and threads of ``[executor]``, checked."""
+    executor = {**DEFAULT_EXECUTOR, **executor}
+    values.string("executor kind", executor["kind"], EXECUTORS)
+    values.integer("executor workers", executor["workers"], minimum=1)
+    if executor["threads"] is not None:
+        values.integer("executor threads", executor["threads"], minimum=1)
+    return executor
+
+
+def _check_submitit(params: Mapping[str, Any]) -> dict[str, Any]:
+    params = values.plain(dict(params), "submitit")
+    cluster = params.get("cluster")
+    if cluster is not None:
+        values.string("submitit cluster", cluster, SUBMITIT_CLUSTERS)
+    return params
 
 
 def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
-    """Validate a sweep file's contents (every unknown key or bad value is an error naming it)."""
+    """Validate a sweep file's contents: every unknown key, value of the wrong type or out of range
+    is a :class:`~critgrad.bench.values.ConfigError` naming it (the problems' own settings are
+    checked by :func:`preflight`, against each problem's declarations)."""
     unknown = sorted(set(data) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise ValueError(
+        raise values.ConfigError(
             f"unknown key(s) in the sweep file: {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}"
         )
     for key in ("problems", "optimizers"):
-        if not isinstance(data.get(key), list) or not data[key]:
-            raise ValueError(f"{key} must be a non-empty list")
-    name = data.get("protocol", "fair")
-    if name not in protocols.PROTOCOLS:
-        raise ValueError(f"protocol must be one of {protocols.PROTOCOLS}, got {name!r}")
-    optimizers = [str(o) for o in data["optimizers"]]
+        values.strings(key, data.get(key))
+    name = values.string("protocol", data.get("protocol", "fair"), protocols.PROTOCOLS)
+    optimizers = list(data["optimizers"])
     extra = _table(data, "hyperparameters")
     if name == "fair":
         options = _table(
@@ -185,34 +205,24 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
             configs[label] = {
                 **configs[label],
                 **protocols.extra_hyperparameters(extra, label),
-                **given.get(label, {}),
+                **values.table(f"fixed.{label}", given.get(label)),
             }
         protocol = protocols.fixed(configs, seeds=data.get("seeds", protocols.FAIR_SEEDS))
-    executor = {**DEFAULT_EXECUTOR, **_table(data, "executor", set(DEFAULT_EXECUTOR))}
-    if executor["kind"] not in EXECUTORS:
-        raise ValueError(f"executor kind must be one of {EXECUTORS}, got {executor['kind']!r}")
-    for key in ("workers", "threads"):
-        value = executor[key]
-        if not (value is None and key == "threads") and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ValueError(f"executor {key} must be an integer >= 1, got {value!r}")
-    evals = data.get("evals_per_epoch", 1)
-    if not isinstance(evals, int) or evals < 1:
-        raise ValueError(f"evals_per_epoch must be an integer >= 1, got {evals!r}")
-    destination = out or data.get("out")
-    if not destination:
-        raise ValueError("no output folder: set `out` in the sweep file or pass --out")
+    executor = _check_executor(_table(data, "executor", set(DEFAULT_EXECUTOR)))
+    evals = values.integer("evals_per_epoch", data.get("evals_per_epoch", 1), minimum=1)
+    destination = out if out is not None else data.get("out")
+    if destination is None:
+        raise values.ConfigError("no output folder: set `out` in the sweep file or pass --out")
     sweep = Sweep(
-        problems=[str(p) for p in data["problems"]],
+        problems=list(data["problems"]),
         protocol=protocol,
-        out=Path(destination),
-        size=str(data.get("size", "cpu")),
-        overrides=_table(data, "overrides"),
+        out=Path(values.path("out", destination)),
+        size=values.string("size", data.get("size", "cpu")),
+        overrides=values.plain(_table(data, "overrides"), "overrides"),
         evals_per_epoch=evals,
-        data_dir=data.get("data_dir"),
+        data_dir=values.path("data_dir", data.get("data_dir"), optional=True),
         executor=executor,
-        submitit=_table(data, "submitit"),
+        submitit=_check_submitit(_table(data, "submitit")),
         sinks=_table(data, "sinks"),
     )
     from critgrad.bench import sinks as sink_module
@@ -225,45 +235,70 @@ def parse_config(data: Mapping[str, Any], *, out: str | None = None) -> Sweep:
 
 
 def preflight(sweep: Sweep) -> None:
-    """Fail before the first run: unknown problem or size, missing data, bad hyperparameters."""
-    import torch
-
-    from critgrad.bench.datasets import locate
+    """Every check that can fail before the first run, cheapest first, nothing written until all
+    passed: problem names, sizes and settings (against each problem's declarations), the
+    optimizers' hyperparameters (an optimizer built and stepped once on a probe), the executor,
+    then the data (present and intact), and last the output folder (created, and written to once).
+    Values are normalised in place (numpy scalars become Python numbers)."""
+    from critgrad.bench.datasets import verify
     from critgrad.bench.problems import get_problem
 
+    values.strings("problems", sweep.problems)
+    out = os.fspath(sweep.out) if isinstance(sweep.out, os.PathLike) else sweep.out
+    sweep.out = Path(values.path("out", out))
+    sweep.overrides = values.plain(values.table("overrides", sweep.overrides), "overrides")
     stray = sorted(
         key
         for key, value in sweep.overrides.items()
         if isinstance(value, Mapping) and key not in sweep.problems
     )
     if stray:
-        raise ValueError(
+        raise values.ConfigError(
             f"overrides for {stray}, which the sweep does not run; its problems: "
             f"{', '.join(sweep.problems)}"
         )
+    specs = []
     for name in sweep.problems:
         spec = get_problem(name)
         if sweep.size not in spec.sizes:
-            raise ValueError(
+            raise values.ConfigError(
                 f"size must be one of {sorted(spec.sizes)} for {name}, got {sweep.size!r}"
             )
-        unknown = sorted(set(sweep.problem_overrides(name)) - set(spec.sizes[sweep.size]))
-        if unknown:  # a typo would otherwise be ignored silently
-            raise ValueError(
-                f"unknown setting(s) {unknown} for problem {name}; its settings: "
-                f"{', '.join(sorted(spec.sizes[sweep.size]))}"
-            )
-        with contextlib.suppress(
-            KeyError
-        ):  # a loader without a locator reports missing data itself
-            locate(spec.dataset, sweep.data_dir)
-    probe = [torch.nn.Parameter(torch.zeros(2))]
-    for label, configs in sweep.protocol.configs.items():
-        for config in configs:
-            try:
-                optimizer_labels.create(label, probe, config)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"optimizer {label} with {dict(config)}: {error}") from None
+        spec.settings(sweep.size, sweep.problem_overrides(name))
+        for label in sweep.protocol.configs:  # e.g. saga, only on finite-sum problems
+            optimizer_labels.check_problem(label, name)
+        specs.append(spec)
+    sweep.evals_per_epoch = values.integer("evals_per_epoch", sweep.evals_per_epoch, minimum=1)
+    checked = {
+        label: [optimizer_labels.check_hyperparameters(label, config) for config in configs]
+        for label, configs in sweep.protocol.configs.items()
+    }
+    sweep.protocol = dataclasses.replace(sweep.protocol, configs=checked)
+    sweep.executor = _check_executor(sweep.executor)
+    sweep.submitit = _check_submitit(sweep.submitit)
+    from critgrad.bench import sinks as sink_module
+
+    sink_module.check_config(sweep.sinks)
+    values.path("data_dir", sweep.data_dir, optional=True)
+    for dataset in dict.fromkeys(spec.dataset for spec in specs):
+        with contextlib.suppress(KeyError):  # a loader without a locator reports missing data
+            verify(dataset, sweep.data_dir)  # missing or corrupt: once here, not in every run
+    writable_folder(sweep.out)
+
+
+def writable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and write a file into it once; ConfigError naming the folder and
+    the reason (a file in the way, no permission, a read-only file system) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".critgrad-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise values.ConfigError(f"{what} {folder} cannot be written: {reason}") from None
+    return folder
 
 
 # ---- execution ----------------------------------------------------------------------------------
@@ -277,21 +312,48 @@ def execute_one(
     threads: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run one spec and write its record; returns a short summary. Runs in workers too."""
+    """Claim one spec, run it and write its record; returns a short summary. Runs in workers and
+    submitit jobs too. A spec whose record exists meanwhile, or that another live process has
+    claimed, is not run: the summary says ``done_elsewhere`` or ``claimed_by``."""
     import torch
 
     from critgrad.bench import runner
 
     spec = RunSpec.from_dict(spec_data)
+    path = records.record_path(run_dir, spec)
+    claimed, owner = claims.claim(path, lambda: records.finished(run_dir, spec)[0])
+    if not claimed:
+        if owner is None:
+            return {"key": spec.key(), "done_elsewhere": True}
+        return {"key": spec.key(), "claimed_by": claims.describe(owner)}
     previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        record = runner.run(spec, data_dir=data_dir, progress=progress, sink_config=sink_config)
-    finally:  # inline runs share the caller's process: leave its setting as it was
-        torch.set_num_threads(previous_threads)
-    path = records.write_record(run_dir, record)
-    return {"key": spec.key(), "path": str(path), "wall_seconds": record["wall_seconds"]}
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            record = runner.run(spec, data_dir=data_dir, progress=progress, sink_config=sink_config)
+        finally:  # inline runs share the caller's process: leave its setting as it was
+            torch.set_num_threads(previous_threads)
+        path = records.write_record(run_dir, record)
+    finally:
+        claims.release(path)
+    return {
+        "key": spec.key(),
+        "path": str(path),
+        "wall_seconds": record["wall_seconds"],
+        "diverged": _divergence_words(spec, record),
+    }
+
+
+def _divergence_words(spec: RunSpec, record: Mapping[str, Any]) -> str | None:
+    """A line for the log when the run diverged, else None."""
+    if not record.get("diverged"):
+        return None
+    where = record.get("divergence") or {}
+    return (
+        f"{spec.problem} {spec.optimizer} {dict(spec.hyperparameters)} seed {spec.seed} "
+        f"diverged at step {where.get('step', '?')} ({where.get('cause', 'non-finite values')})"
+    )
 
 
 def _safe_execute_one(*args) -> dict[str, Any]:
@@ -307,9 +369,15 @@ def _safe_execute_one(*args) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Outcome:
-    ran: int = 0
-    skipped: int = 0
+    ran: int = 0  # runs that finished here, diverged ones included
+    skipped: int = 0  # runs whose record was there before
     failed: list[str] = dataclasses.field(default_factory=list)
+    diverged: list[str] = dataclasses.field(default_factory=list)  # one line per diverged run
+    elsewhere: int = 0  # runs another sweep in the same directory finished while this one waited
+
+
+# Seconds between looks at runs that another sweep has claimed (their records, their claims).
+POLL_SECONDS = 2.0
 
 
 def pending(
@@ -344,11 +412,14 @@ def execute(
     progress: bool = False,
     log: Log = _stderr,
     outcome: Outcome | None = None,
+    on_result: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run the specs that have no record yet, with the chosen executor.
+    """Run the specs that have no record yet, with the chosen executor, each exactly once across
+    every sweep working in ``run_dir``: a spec another live process has claimed is left to it, and
+    this call returns when its record is there (or runs it, when its owner died without one).
 
     Counts go into ``outcome`` (a new one by default) as runs finish, so that a caller still has
-    them when the sweep is interrupted.
+    them when the sweep is interrupted; ``on_result`` is called after each.
     """
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {kind!r}")
@@ -357,35 +428,123 @@ def execute(
     todo, skipped = pending(specs, run_dir, log)
     outcome = outcome if outcome is not None else Outcome()
     outcome.skipped += skipped
-    if not todo:
-        return outcome
+    waited: set[str] = set()
+    while todo:
+        waiting = [spec for spec in todo if _held_elsewhere(run_dir, spec)]
+        mine = [spec for spec in todo if spec not in waiting]
+        for summary in _dispatch(
+            mine,
+            run_dir,
+            kind=kind,
+            workers=workers,
+            threads=threads,
+            data_dir=data_dir,
+            sink_config=sink_config,
+            submitit_params=submitit_params,
+            progress=progress,
+            description=f"runs ({outcome.skipped} already done)",
+        ):
+            if "claimed_by" in summary:
+                waiting.append(next(s for s in mine if s.key() == summary["key"]))
+            elif summary.get("done_elsewhere"):
+                outcome.elsewhere += 1
+            elif "error" in summary:
+                outcome.failed.append(f"{summary['key']}: {summary['error']}")
+                log(f"run failed: {summary['key']}: {summary['error']}")
+            else:
+                outcome.ran += 1
+                if summary.get("diverged"):
+                    outcome.diverged.append(summary["diverged"])
+                    log(f"run diverged: {summary['diverged']}")
+            if on_result is not None:
+                on_result()
+        if not waiting:
+            break
+        fresh = [spec for spec in waiting if spec.key() not in waited]
+        if fresh:
+            owners = sorted(
+                {claims.describe(o) for o in map(_holder, [run_dir] * len(fresh), fresh) if o}
+            )
+            by = f" ({', '.join(owners)})" if owners else ""
+            log(f"{len(fresh)} run(s) claimed by another sweep{by}; waiting for their records")
+            waited.update(spec.key() for spec in fresh)
+        todo = _wait_for(waiting, run_dir, outcome, on_result)
+    return outcome
+
+
+def _holder(run_dir: str, spec: RunSpec) -> dict[str, Any] | None:
+    return claims.holder(records.record_path(run_dir, spec))
+
+
+def _held_elsewhere(run_dir: str, spec: RunSpec) -> bool:
+    owner = _holder(run_dir, spec)
+    return owner is not None and not (
+        owner.get("host") == claims.HOST and owner.get("pid") == os.getpid()
+    )
+
+
+def _wait_for(
+    waiting: list[RunSpec],
+    run_dir: str,
+    outcome: Outcome,
+    on_result: Callable[[], None] | None,
+) -> list[RunSpec]:
+    """Wait until each spec has its record (counted as done elsewhere) or no live owner (returned,
+    to be run here)."""
+    retry: list[RunSpec] = []
+    while waiting:
+        still = []
+        for spec in waiting:
+            if records.finished(run_dir, spec)[0]:
+                outcome.elsewhere += 1
+                if on_result is not None:
+                    on_result()
+            elif _holder(run_dir, spec) is None:
+                retry.append(spec)  # its owner ended without a record: failed, or killed
+            else:
+                still.append(spec)
+        waiting = still
+        if waiting:
+            time.sleep(POLL_SECONDS)
+    return retry
+
+
+def _dispatch(
+    specs: list[RunSpec],
+    run_dir: str,
+    *,
+    kind: str,
+    workers: int,
+    threads: int | None,
+    data_dir: str | None,
+    sink_config: Mapping[str, Any] | None,
+    submitit_params: Mapping[str, Any] | None,
+    progress: bool,
+    description: str,
+):
+    """Yield each spec's summary as the executor finishes it."""
+    if not specs:
+        return
     arguments = [
-        (spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads) for spec in todo
+        (spec.to_dict(), run_dir, data_dir, dict(sink_config or {}), threads) for spec in specs
     ]
-    bar = _bar(progress and len(todo) > 1, len(todo), f"runs ({skipped} already done)")
-
-    def collect(summary: Mapping[str, Any]) -> None:
-        if "error" in summary:
-            outcome.failed.append(f"{summary['key']}: {summary['error']}")
-            log(f"run failed: {summary['key']}: {summary['error']}")
-        else:
-            outcome.ran += 1
-        bar.update(1)
-
+    bar = _bar(progress and len(specs) > 1, len(specs), description)
     try:
         if kind == "inline" or (kind == "local" and (workers or 1) <= 1):
             for args in arguments:
                 # In this process a second bar can show each run's steps (tqdm nests them).
-                collect(_safe_execute_one(*args, progress))
+                yield _safe_execute_one(*args, progress)
+                bar.update(1)
         elif kind == "local":
             for summary in _pool_run(arguments, workers):
-                collect(summary)
+                yield summary
+                bar.update(1)
         else:
             for summary in _submitit_run(arguments, run_dir, submitit_params or {}):
-                collect(summary)
+                yield summary
+                bar.update(1)
     finally:
         bar.close()
-    return outcome
 
 
 def _ignore_interrupts() -> None:
@@ -526,56 +685,66 @@ def final_specs(sweep: Sweep, problem: str, problem_records: Sequence[Mapping]) 
     return specs
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def write_manifest(sweep: Sweep, sessions: list[dict[str, Any]], command: str | None) -> None:
-    from critgrad.bench.runner import machine_info
+    """Write ``sweep``'s manifest with these sessions (replacing the file; sessions of a running
+    sweep go through :class:`critgrad.bench.sessions.Session`, which merges under the lock)."""
+    from critgrad.bench import sessions as session_module
 
-    records.atomic_write_json(
-        sweep.out / records.MANIFEST_NAME,
-        {
-            "protocol": sweep.protocol.to_dict(),
-            "problems": sweep.problems,
-            "size": sweep.size,
-            "overrides": {p: sweep.problem_overrides(p) for p in sweep.problems},
-            "evals_per_epoch": sweep.evals_per_epoch,
-            "executor": sweep.executor,
-            "machine": machine_info(),
-            "command": command,
-            "sessions": sessions,
-            "wall_seconds": sum(s.get("wall_seconds") or 0.0 for s in sessions),
-        },
-    )
+    manifest = {**session_module.plan(sweep, command), "sessions": sessions}
+    manifest["wall_seconds"] = session_module.busy_seconds(sessions)
+    records.atomic_write_json(sweep.out / records.MANIFEST_NAME, manifest)
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The sweep manifest of ``run_dir`` (None when there is none); a ValueError naming the file
+    when it does not parse or lacks what the report and the sweep read."""
     path = Path(run_dir) / records.MANIFEST_NAME
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is broken ({error}); move it away to report without it") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problem = _manifest_problem(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        problem = " ".join(str(error).split())
+    if problem is not None:
+        raise ValueError(f"{path} is broken ({problem}); move it away to report without it")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a table"
+    for key, kind in (
+        ("protocol", dict),
+        ("problems", list),
+        ("size", str),
+        ("overrides", dict),
+        ("evals_per_epoch", int),
+        ("sessions", list),
+    ):
+        if not isinstance(manifest.get(key), kind):
+            return f"missing or bad field {key!r}"
+    try:
+        Protocol.from_dict(manifest["protocol"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return f"missing or bad field 'protocol' ({type(error).__name__}: {error})"
+    if not all(isinstance(s, dict) for s in manifest["sessions"]):
+        return "field 'sessions' should be a list of tables"
+    return None
 
 
 def run_sweep(
     sweep: Sweep, *, progress: bool = True, command: str | None = None, log: Log = _stderr
 ) -> Outcome:
-    """Both stages for every problem; resumable; the manifest records each session's wall time."""
+    """Both stages for every problem; resumable; safe to run several times at once in one
+    directory (see :mod:`critgrad.bench.claims`); the manifest keeps each session's wall time."""
+    from critgrad.bench.sessions import Session
+
     preflight(sweep)
-    previous = read_manifest(sweep.out) if (sweep.out / records.MANIFEST_NAME).exists() else None
-    sessions = list(previous["sessions"]) if previous else []
-    if previous and previous["protocol"]["configs"] != sweep.protocol.to_dict()["configs"]:
-        raise ValueError(
-            f"{sweep.out} holds a sweep with another protocol or grid; use a new output folder"
-        )
-    session = {"started": _now(), "finished": None, "wall_seconds": None, "ran": 0, "skipped": 0}
-    sessions.append(session)
-    write_manifest(sweep, sessions, command)
-    started = time.perf_counter()
+    session = Session(sweep, command)
     outcome = Outcome()
+    for path in session.start(outcome):
+        log(f"removed a leftover of a process that is gone: {path.name}")
     settings = dict(
         kind=sweep.executor["kind"],
         workers=sweep.executor["workers"],
@@ -585,7 +754,9 @@ def run_sweep(
         submitit_params=sweep.submitit,
         progress=progress,
         log=log,
+        on_result=lambda: session.update(outcome),
     )
+    status = "interrupted"
     try:
         # Problem by problem, both stages each: a sweep stopped early leaves whole problems done.
         for problem in sweep.problems:
@@ -601,13 +772,7 @@ def run_sweep(
                 spec for spec in final_specs(sweep, problem, mine) if spec.key() not in planned
             ]  # counted once, in stage 1
             execute(final, sweep.out, outcome=outcome, **settings)
+        status = "finished"
     finally:
-        session.update(
-            finished=_now(),
-            wall_seconds=time.perf_counter() - started,
-            ran=outcome.ran,
-            skipped=outcome.skipped,
-            failed=len(outcome.failed),
-        )
-        write_manifest(sweep, sessions, command)
+        session.update(outcome, status=status)
     return outcome

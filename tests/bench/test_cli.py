@@ -152,7 +152,7 @@ def test_run_writes_records_and_report_then_resumes(capsys, tmp_path, mnist_dir)
     manifest = records.json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert manifest["command"].startswith("critgrad ")
     code, _, err = run_cli(capsys, *argv)
-    assert code == 0 and "0 run(s) done, 4 already finished" in err
+    assert code == 0 and "0 run(s) done, 4 already finished" in err, err
 
 
 def test_sweep_command_with_a_toml_file(capsys, tmp_path, mnist_dir):
@@ -236,3 +236,47 @@ def test_main_job_definition():
         )
     assert "not tuned here" in sweep.protocol.notes
     assert sweep.problem_overrides("mnist-mlp") == {"epochs": 2}
+
+
+def _fair_sweep_file(tmp_path, mnist_dir, lrs, name="s.toml"):
+    config = tmp_path / name
+    overrides = "\n".join(f"{k} = {v}" for k, v in {**TINY_OVERRIDES, "epochs": 1}.items())
+    config.write_text(f"""
+problems = ["mnist-mlp"]
+optimizers = ["sgd", "sgd_c"]
+seeds = [0]
+out = "{tmp_path / "out"}"
+data_dir = "{mnist_dir}"
+[fair]
+lrs = {lrs}
+[executor]
+kind = "inline"
+[overrides]
+{overrides}
+""")
+    return config
+
+
+def test_a_diverged_configuration_never_wins(capsys, tmp_path, mnist_dir):
+    # The reported case: lr 1e30 diverges; its NaN model predicts one class and scored about as
+    # well as the barely trained lr 1e-7 model, and was selected and printed as a number.
+    code, out, err = run_cli(
+        capsys, "sweep", _fair_sweep_file(tmp_path, mnist_dir, "[1e30, 1e-7]"), "--quiet"
+    )
+    assert code == 0, err
+    assert "4 run(s) done (2 diverged)" in err
+    assert err.count("run diverged: mnist-mlp sgd {") == 1 and "non-finite training loss" in err
+    assert "- Selected: SGD {'lr': 1e-07}; SGD_C {" in out and "'lr': 1e-07, 'topC': 10}" in out
+    assert "SGD: 1 of 2 configurations on the selection seeds" in out
+
+
+def test_a_pair_where_everything_diverged_is_reported_as_such(capsys, tmp_path, mnist_dir):
+    code, out, err = run_cli(
+        capsys, "sweep", _fair_sweep_file(tmp_path, mnist_dir, "[1e30, 1e29]"), "--quiet"
+    )
+    assert code == 0, err
+    assert "| SGD | diverged (all 2 configurations) | diverged (all 2 configurations) |" in out
+    assert "every configuration of SGD_C diverged (2 tried)" in err
+    assert (tmp_path / "out" / "plots" / "mnist-mlp-curves.png").exists()
+    code, out, err = run_cli(capsys, "report", tmp_path / "out")
+    assert code == 0 and "diverged (all 2 configurations)" in out

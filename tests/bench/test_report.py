@@ -187,3 +187,81 @@ def test_a_folder_without_manifest_is_reported_with_an_inferred_protocol(tmp_pat
 def test_report_errors(tmp_path, make, error, match):
     with pytest.raises(error, match=match):
         report.analyse(make(tmp_path / "empty"))
+
+
+# ---- diverged runs ------------------------------------------------------------------------------
+
+
+def _mark_diverged(folder, label, lr, seeds, valid_metric=0.99):
+    """Rewrite fixture records as the runner writes a diverged run; ``valid_metric`` stays in the
+    history as what a NaN model measured, to show that it is never used."""
+    from critgrad.bench import records
+
+    for path in folder.glob(f"mnist-mlp__{label}__*.json"):
+        record = records.load_record(path)
+        spec = record["spec"]
+        if spec["hyperparameters"]["lr"] == lr and spec["seed"] in seeds:
+            record["history"][-1]["valid_metric"] = valid_metric
+            record["history"][-1]["test_metric"] = valid_metric
+            record["final"] = dict.fromkeys(record["final"])
+            record["diverged"] = True
+            record["divergence"] = {"step": 150, "epoch": 1.5, "cause": "non-finite training loss"}
+            records.atomic_write_json(path, record)
+
+
+@pytest.fixture
+def copied(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_a_diverged_configuration_is_never_selected(copied):
+    _mark_diverged(copied, "sgd", 0.1, {0})  # the better of SGD's two on the tuning seed
+    result = report.analyse(copied).problems[0]
+    sgd = result.results["sgd"]
+    assert sgd.config == {"lr": 0.01} and sgd.status == "ok"
+    assert (sgd.tried_configs, sgd.diverged_configs) == (2, 1)
+    assert sgd.cell("accuracy") == "86.00 (n=1)"
+    text = report.markdown(report.analyse(copied))
+    assert "- Diverged (never selected, never averaged into a number): SGD: 1 of 2" in text
+
+
+def test_a_diverged_seed_of_the_selected_configuration_is_shown_not_averaged(copied):
+    _mark_diverged(copied, "sgd", 0.1, {2})  # a stage-2 seed
+    analysis = report.analyse(copied)
+    result = analysis.problems[0]
+    assert result.results["sgd"].config == {"lr": 0.1}
+    assert result.results["sgd"].cell("accuracy") == "diverged (1 of 3 seeds)"
+    assert math.isnan(result.results["sgd"].reported[0])
+    assert "| SGD | diverged (1 of 3 seeds) | **95.00 ± 1.00** |" in report.markdown(analysis)
+    assert "sgd" not in result.targets  # no time-to-target against a diverged side
+
+
+def test_a_pair_where_everything_diverged_still_gets_its_report(copied, tmp_path):
+    for label, lrs in (("sgd", (0.1, 0.01)), ("sgd_c", (0.1, 0.01))):
+        for lr in lrs:
+            _mark_diverged(copied, label, lr, {0, 1, 2})
+    analysis, text, _ = report.write_report(copied, tmp_path / "out")  # with plots
+    row = "| SGD | diverged (all 2 configurations) | diverged (all 2 configurations) |"
+    assert row in text and "| Adam | **98.00 ± 1.00** | 96.00 ± 1.00 |" in text
+    assert report.unresolved_lines(analysis) == [
+        "mnist-mlp: every configuration of SGD diverged (2 tried); the table says so",
+        "mnist-mlp: every configuration of SGD_C diverged (2 tried); the table says so",
+    ]
+    with open(tmp_path / "out" / "table.csv") as stream:
+        rows = {r["optimizer"]: r for r in csv.DictReader(stream)}
+    assert (rows["SGD"]["vanilla_status"], rows["SGD"]["c_status"]) == ("diverged", "diverged")
+    assert rows["SGD"]["better"] == "" and rows["Adam"]["c_status"] == "ok"
+    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
+        "mnist-mlp-curves.png",
+        "mnist-mlp-lr.png",
+    ]
+
+
+def test_one_diverged_side_loses_to_a_finite_one(copied):
+    for lr in (0.1, 0.01):
+        _mark_diverged(copied, "adam", lr, {0, 1, 2})
+    (row,) = [
+        r for r in report.pair_rows(report.analyse(copied).problems[0]) if r["base"] == "adam"
+    ]
+    assert row["better"] == "_C" and row["vanilla_status"] == "diverged"

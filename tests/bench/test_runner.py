@@ -78,8 +78,40 @@ def test_divergence_stops_the_run_and_is_recorded(mnist_dir, tiny_overrides):
     )
     record = runner.run(diverging, data_dir=str(mnist_dir))
     assert record["diverged"] and record["steps"] < 12
-    assert record["final"]["train_loss"] is None  # non-finite stored as null
-    assert all(not isinstance(v, float) or math.isfinite(v) for v in record["final"].values())
+    where = record["divergence"]
+    # The first step's loss is finite (the initial model); the run stops at the first that is not.
+    assert where["cause"] == "non-finite training loss" and where["step"] == record["steps"] + 1
+    assert 1 < where["step"] <= 12 and where["epoch"] == pytest.approx((where["step"] - 1) / 4)
+    # No number of a diverged model reaches the record's final numbers.
+    assert record["final"] == dict.fromkeys(runner.FINAL_KEYS)
+    assert all(math.isfinite(p["train_loss"]) for p in record["history"][1:])
+
+
+def test_non_finite_parameters_are_divergence(mnist_dir, tiny_overrides, monkeypatch):
+    # Parameters that turn non-finite in the step right before an evaluation point are found by
+    # the parameter check there, before any loss could see them.
+    real_create = optimizer_labels.create
+
+    def poisoning(label, model, hyperparameters):
+        optimizer = real_create(label, model, hyperparameters)
+        parameters = list(model.parameters())
+        step = optimizer.step
+
+        def poisoned_step(*args, **kwargs):
+            result = step(*args, **kwargs)
+            if optimizer.state[parameters[0]]["step"] == 4:
+                with torch.no_grad():
+                    parameters[1][0] = math.inf
+            return result
+
+        optimizer.step = poisoned_step
+        return optimizer
+
+    monkeypatch.setattr(optimizer_labels, "create", poisoning)
+    record = runner.run(spec("adam_c", {**tiny_overrides, "epochs": 3}), data_dir=str(mnist_dir))
+    assert record["diverged"] and record["steps"] == 4
+    assert record["divergence"] == {"step": 4, "epoch": 1.0, "cause": "non-finite parameters"}
+    assert record["final"]["valid_metric"] is None
 
 
 @pytest.mark.parametrize(

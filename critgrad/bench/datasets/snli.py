@@ -32,6 +32,7 @@ import torch
 
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
+from critgrad.bench.datasets._integrity import corrupt, file_identity, once
 
 LABELS = ("entailment", "neutral", "contradiction")
 SPLIT_FILES = {
@@ -112,23 +113,46 @@ def _find_glove(folders: list[Path]) -> Path | None:
     return None
 
 
-def read_pairs(path: Path) -> list[tuple[list[str], list[str], int]]:
-    """Tokenised (premise, hypothesis, label id) of one jsonl file, pairs without a gold label dropped."""
-    pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                gold = record["gold_label"]
-                premise, hypothesis = record["sentence1"], record["sentence2"]
-            except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(f"{path}:{number}: not an SNLI record ({error})") from None
-            if gold not in LABELS:  # "-": no majority among the annotators
-                continue
-            pairs.append((tokenize(premise), tokenize(hypothesis), LABELS.index(gold)))
+def read_pairs(path: Path, limit: int | None = None) -> list[tuple[list[str], list[str], int]]:
+    """Tokenised (premise, hypothesis, label id) of one jsonl file, pairs without a gold label
+    dropped (the first ``limit`` lines only, when given); CorruptData naming the file and line for
+    a line that is not an SNLI record, for a file that is not UTF-8 or holds no labelled pair."""
+    pairs, number = [], 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if limit is not None and number > limit:
+                    break
+                if not line.strip():
+                    continue
+                pair = _pair(line)
+                if pair is None:
+                    raise corrupt(
+                        f"{path}:{number}",
+                        "not an SNLI record (a JSON object with "
+                        "string fields gold_label, sentence1, sentence2)",
+                    )
+                if pair[2] is not None:  # None: "-", no majority among the annotators
+                    pairs.append(pair)
+    except UnicodeDecodeError as error:
+        raise corrupt(f"{path}:{number + 1}", f"not UTF-8 text ({error.reason})") from None
+    if not pairs:
+        raise corrupt(path, "holds no labelled sentence pair")
     return pairs
+
+
+def _pair(line: str):
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    gold, premise, hypothesis = (record.get(k) for k in ("gold_label", "sentence1", "sentence2"))
+    if not all(isinstance(v, str) for v in (gold, premise, hypothesis)):
+        return None
+    label = LABELS.index(gold) if gold in LABELS else None
+    return tokenize(premise), tokenize(hypothesis), label
 
 
 def glove_dimension(path: Path) -> int:
@@ -140,8 +164,28 @@ def glove_dimension(path: Path) -> int:
     with open(path, encoding="utf-8", errors="replace") as handle:
         counts = [len(line.rstrip().split(" ")) - 1 for _, line in zip(range(100), handle)]
     if not counts or min(counts) < 1:
-        raise ValueError(f"{path}: not a GloVe text file (word then numbers on each line)")
+        raise corrupt(path, "not a GloVe text file (a word then numbers on each line)")
     return min(counts)
+
+
+def check_glove(path: Path, lines: int = 100) -> None:
+    """The first ``lines`` lines are a word and ``dim`` finite numbers; CorruptData otherwise."""
+    dim = glove_dimension(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in zip(range(1, lines + 1), handle):
+            _vector(line.rstrip().rsplit(" ", dim), dim, path, number)
+
+
+def _vector(fields: list[str], dim: int, path: Path, number: int) -> torch.Tensor:
+    if len(fields) != dim + 1:
+        raise corrupt(f"{path}:{number}", f"expected a word and {dim} numbers")
+    try:
+        vector = torch.tensor([float(x) for x in fields[1:]], dtype=torch.float32)
+    except ValueError:
+        raise corrupt(f"{path}:{number}", f"expected a word and {dim} numbers") from None
+    if not bool(torch.isfinite(vector).all()):
+        raise corrupt(f"{path}:{number}", "a vector with a non-finite component")
+    return vector
 
 
 def read_glove(path: Path, words: set[str]) -> dict[str, torch.Tensor]:
@@ -149,13 +193,13 @@ def read_glove(path: Path, words: set[str]) -> dict[str, torch.Tensor]:
     dim = glove_dimension(path)
     vectors: dict[str, torch.Tensor] = {}
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             head = line.split(" ", 1)[0]
             if head not in words or head in vectors:
                 continue
             fields = line.rstrip().rsplit(" ", dim)
             if fields[0] == head and len(fields) == dim + 1:  # not the start of a spaced word
-                vectors[head] = torch.tensor([float(x) for x in fields[1:]], dtype=torch.float32)
+                vectors[head] = _vector(fields, dim, path, number)
     return vectors
 
 
@@ -201,4 +245,24 @@ def load(data_dir: str | os.PathLike | None = None) -> SnliData:
     return _CACHE[key]
 
 
-register_locator("snli", lambda data_dir=None: " + ".join(map(str, locate(data_dir))))
+def verify(data_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The files of :func:`locate`, their first lines checked (the GloVe file is gigabytes: the
+    whole of it is checked as it is read, by :func:`load`)."""
+    folder, glove = locate(data_dir)
+    paths = [folder / name for name in SPLIT_FILES.values()] + [glove]
+
+    def check() -> bool:
+        for name in SPLIT_FILES.values():
+            read_pairs(folder / name, limit=100)
+        check_glove(glove)
+        return True
+
+    once(("snli", *file_identity(*paths)), check)
+    return folder, glove
+
+
+register_locator(
+    "snli",
+    lambda data_dir=None: " + ".join(map(str, locate(data_dir))),
+    lambda data_dir=None: verify(data_dir),
+)

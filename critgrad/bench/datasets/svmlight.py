@@ -20,16 +20,18 @@ independent index sets, so its labels did not belong to its rows).
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
-import gzip
+import lzma
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
+from critgrad.bench.datasets._integrity import corrupt, file_identity, once, open_stream, read_text
 
 FILES = {
     "covtype": ("covtype.bz2", "covtype", "covtype.scale.bz2", "covtype.scale"),
@@ -38,12 +40,8 @@ FILES = {
 _URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/"
 
 
-def _open(path: Path):
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+# The labels each data set's file uses (covtype: the 7 cover types; rcv1: -1 / +1).
+LABELS = {"covtype": frozenset(range(1, 8)), "rcv1": frozenset({-1, 1})}
 
 
 def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -66,18 +64,71 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def parse_line(line: str) -> tuple[float, list[int], list[float]]:
-    """(label, feature indices as written, values) of one svmlight row."""
+    """(label, feature indices as written, values) of one svmlight row; ValueError saying what is
+    wrong with it (the caller adds the file and line)."""
     fields = line.split("#", 1)[0].split()
     if not fields:
         raise ValueError("empty row")
     indices, values = [], []
     for field in fields[1:]:
-        key, _, value = field.partition(":")
+        key, colon, value = field.partition(":")
         if key == "qid":
             continue
-        indices.append(int(key))
-        values.append(float(value))
-    return float(fields[0]), indices, values
+        try:
+            index, number = int(key), float(value)
+        except ValueError:
+            raise ValueError(f"{field!r} is not INDEX:VALUE") from None
+        if not colon or index < 0 or not math.isfinite(number):
+            raise ValueError(f"{field!r} is not INDEX:VALUE with an index >= 0 and a finite value")
+        indices.append(index)
+        values.append(number)
+    return _label(fields[0]), indices, values
+
+
+def _label(text: str) -> float:
+    try:
+        label = float(text)
+    except ValueError:
+        raise ValueError(f"label {text!r} is not a number") from None
+    if not math.isfinite(label):
+        raise ValueError(f"label {text!r} is not a finite number")
+    return label
+
+
+def _check_labels(path: Path, labels: set[float], name: str | None) -> None:
+    expected = LABELS.get(name) if name else None
+    if expected is not None and not labels <= expected:
+        stray = sorted(labels - expected)[:5]
+        raise corrupt(path, f"labels {stray} are not {name}'s ({sorted(expected)})")
+
+
+def verify(name: str, data_dir: str | os.PathLike | None = None, lines: int = 100) -> Path:
+    """The file of ``name``, its first ``lines`` rows parsed and their labels checked (streamed:
+    the whole file is read, and checked, by :func:`sample`)."""
+    path = locate(name, data_dir)
+
+    def check() -> bool:
+        labels = set()
+        try:
+            with open_stream(path) as stream:
+                for number, raw in zip(range(1, lines + 1), stream):
+                    line = raw.decode("utf-8")
+                    if line.split("#", 1)[0].strip():
+                        try:
+                            labels.add(parse_line(line)[0])
+                        except ValueError as error:
+                            raise corrupt(f"{path}:{number}", str(error)) from None
+        except UnicodeDecodeError as error:
+            raise corrupt(path, f"not UTF-8 text ({error.reason})") from None
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+            raise corrupt(path, f"cannot be read ({type(error).__name__}: {error})") from None
+        if not labels:
+            raise corrupt(path, "no rows")
+        _check_labels(path, labels, name)
+        return True
+
+    once(("svmlight", *file_identity(path)), check)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +141,7 @@ class SvmlightRows:
     source: str
 
 
-def sample(path: Path, rows: int, seed: int) -> SvmlightRows:
+def sample(path: Path, rows: int, seed: int, name: str | None = None) -> SvmlightRows:
     """``rows`` rows drawn uniformly without replacement (all rows if fewer), densified.
 
     Only the drawn rows are parsed, so a 581k-row file costs one decompression. Class ids come from
@@ -98,15 +149,24 @@ def sample(path: Path, rows: int, seed: int) -> SvmlightRows:
     in every drawn row are dropped: after standardisation they would stay 0 and carry nothing (for
     rcv1 this keeps the dense matrix in hundreds of MB instead of 1 GB).
     """
-    with _open(path) as handle:
-        lines = [
-            line
-            for line in handle.read().decode("utf-8").splitlines()
-            if line.split("#", 1)[0].strip()
-        ]
-    if not lines:
-        raise ValueError(f"{path}: no rows")
-    classes = sorted({float(line.split(None, 1)[0]) for line in lines})
+    numbered = [
+        (number, line)
+        for number, line in enumerate(read_text(path).splitlines(), 1)
+        if line.split("#", 1)[0].strip()
+    ]
+    if not numbered:
+        raise corrupt(path, "no rows")
+    numbers, lines = zip(*numbered)
+    labels = set()
+    for number, line in numbered:
+        try:
+            labels.add(_label(line.split(None, 1)[0]))
+        except ValueError as error:
+            raise corrupt(f"{path}:{number}", str(error)) from None
+    _check_labels(path, labels, name)
+    if len(labels) < 2:
+        raise corrupt(path, f"a single class ({sorted(labels)}): nothing to classify")
+    classes = sorted(labels)
     class_id = {label: i for i, label in enumerate(classes)}
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(lines), size=min(rows, len(lines)), replace=False))
@@ -115,7 +175,7 @@ def sample(path: Path, rows: int, seed: int) -> SvmlightRows:
         try:
             parsed.append(parse_line(lines[row]))
         except ValueError as error:
-            raise ValueError(f"{path}: row {row + 1}: {error}") from None
+            raise corrupt(f"{path}:{numbers[row]}", str(error)) from None
     used = sorted({i for _, indices, _ in parsed for i in indices})
     column = {index: position for position, index in enumerate(used)}
     features = np.zeros((len(parsed), len(used)), dtype=np.float32)
@@ -126,5 +186,9 @@ def sample(path: Path, rows: int, seed: int) -> SvmlightRows:
     return SvmlightRows(features, labels, len(classes), str(path))
 
 
-register_locator("covtype", lambda data_dir=None: str(locate("covtype", data_dir)))
-register_locator("rcv1", lambda data_dir=None: str(locate("rcv1", data_dir)))
+for _name in FILES:
+    register_locator(
+        _name,
+        lambda data_dir=None, _name=_name: str(locate(_name, data_dir)),
+        lambda data_dir=None, _name=_name: verify(_name, data_dir),
+    )

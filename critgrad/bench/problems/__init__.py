@@ -11,7 +11,7 @@ import importlib
 
 from critgrad.bench.problem import ProblemSpec
 
-_MODULES = ("mnist", "vision", "language", "snli", "convex")
+_MODULES = ("mnist", "vision", "language", "snli", "convex", "multiwoz")
 
 _REGISTRY: dict[str, ProblemSpec] = {}
 _loaded = False

@@ -32,7 +32,8 @@ from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
-from critgrad.bench.problem import ProblemSpec, Task, shuffled_batches
+from critgrad.bench.finite_sum import LinearFiniteSum, cross_entropy_rows
+from critgrad.bench.problem import ProblemSpec, Task, integer, number, shuffled_batches
 from critgrad.bench.problems import register
 
 SETTINGS = {
@@ -42,6 +43,14 @@ SETTINGS = {
     "l2": 0.01,
     "batch_size": 25,
     "epochs": 25,
+}
+SCHEMA = {
+    "rows": integer(2),  # at least one training and one test row
+    "test_fraction": number(0, open_minimum=True, maximum=1, open_maximum=True),
+    "data_seed": integer(0),
+    "l2": number(0),
+    "batch_size": integer(1),
+    "epochs": integer(1),
 }
 
 
@@ -110,6 +119,8 @@ def logistic_regression_task(
         higher_is_better=False,
         epochs=settings["epochs"],
         grad_clip=None,
+        # The same objective, row by row, for per-row methods (the harness's SAGA).
+        finite_sum=LinearFiniteSum(train_x, train_y, l2, cross_entropy_rows, curvature=0.5),
         info={
             **info,
             "train_size": len(train_x),
@@ -137,7 +148,7 @@ def _svmlight_data(name: str, settings: dict[str, Any], data_dir: str | None):
         settings["test_fraction"],
     )
     if key not in _CACHE:
-        rows = svmlight.sample(path, settings["rows"], settings["data_seed"])
+        rows = svmlight.sample(path, settings["rows"], settings["data_seed"], name)
         split = standardised_split(
             rows.features, rows.labels, settings["test_fraction"], settings["data_seed"]
         )
@@ -200,5 +211,6 @@ for _name, _dataset, _description in (
             higher_is_better=False,
             sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
             builder=_builder(_dataset),
+            schema=SCHEMA,
         )
     )

@@ -33,7 +33,7 @@ from torch import nn
 
 from critgrad.bench.datasets import text as text_data
 from critgrad.bench.datasets.text import Corpus, batchify, bptt_slices
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 FULL = {
@@ -49,6 +49,18 @@ FULL = {
     "hidden_size": 128,
 }
 CPU = {**FULL, "train_tokens": 100_000, "valid_tokens": 20_000, "test_tokens": 20_000, "epochs": 2}
+SCHEMA = {
+    "train_tokens": integer(1, none="the whole split"),
+    "valid_tokens": integer(1, none="the whole split"),
+    "test_tokens": integer(1, none="the whole split"),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "bptt": integer(1),
+    "epochs": integer(1),
+    "grad_clip": number(0, open_minimum=True, none="no clipping"),
+    "embedding_dim": integer(1),
+    "hidden_size": integer(1),
+}
 # WikiText-2's vocabulary is 3.3 times PTB's, and the decoder's cost grows with it.
 WIKITEXT2_CPU = {**CPU, "train_tokens": 20_000, "valid_tokens": 5_000, "test_tokens": 5_000}
 
@@ -192,5 +204,6 @@ for _name, _dataset, _description, _load, _cpu in (
             higher_is_better=False,
             sizes={"cpu": dict(_cpu), "full": dict(FULL)},
             builder=_builder(_load),
+            schema=SCHEMA,
         )
     )

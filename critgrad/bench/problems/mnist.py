@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from critgrad.bench.datasets import mnist as mnist_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task
+from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
 
 # The paper's setting; the cpu sizes below differ only where listed.
@@ -29,6 +29,17 @@ FULL = {
     "epochs": 10,
     "grad_clip": 10.0,
     "eval_batch_size": 2_000,
+}
+# What each setting accepts (checked before anything is loaded): sizes and counts >= 1, a positive
+# clipping norm or none.
+SCHEMA = {
+    "train_size": integer(1),
+    "valid_size": integer(1),
+    "test_size": integer(1),
+    "batch_size": integer(1),
+    "epochs": integer(1),
+    "grad_clip": number(0, open_minimum=True, none="no clipping"),
+    "eval_batch_size": integer(1),
 }
 
 
@@ -132,5 +143,6 @@ for _name, _model, _description, _cpu in (
             higher_is_better=True,
             sizes={"cpu": {**FULL, **_cpu}, "full": dict(FULL)},
             builder=_builder(_model),
+            schema=SCHEMA,
         )
     )

@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 
 from critgrad.bench.datasets import snli as snli_data
 from critgrad.bench.datasets.snli import SnliSplit
-from critgrad.bench.problem import ProblemSpec, Task
+from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
@@ -45,6 +45,18 @@ FULL = {
     "eval_batch_size": 512,
     "epochs": 20,
     "grad_clip": 5.0,
+}
+SCHEMA = {
+    "train_size": integer(1, none="the whole split"),
+    "valid_size": integer(1, none="the whole split"),
+    "test_size": integer(1, none="the whole split"),
+    "max_length": integer(1, none="sentences not cut"),
+    "hidden_size": integer(1),
+    "classifier_size": integer(1),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "epochs": integer(1),
+    "grad_clip": number(0, open_minimum=True, none="no clipping"),
 }
 CPU = {
     **FULL,
@@ -243,5 +255,6 @@ for _name, _encoder, _description in (
             higher_is_better=True,
             sizes={"cpu": dict(CPU), "full": dict(FULL)},
             builder=_builder(_encoder),
+            schema=SCHEMA,
         )
     )
