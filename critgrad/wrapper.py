@@ -249,6 +249,15 @@ class CriticalGradients(Optimizer):
             S.insert(self.state, created)
         return loss
 
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict, the memory inside each parameter's entry (keys
+        starting with ``critical_``). Each entry is a new dict, so editing the returned dict
+        (converting, pruning) leaves this optimizer as it was; the tensors are the live ones, as
+        in torch."""
+        state_dict = self.base.state_dict()
+        state_dict["state"] = {index: dict(entry) for index, entry in state_dict["state"].items()}
+        return state_dict
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state saved by :meth:`state_dict` (or by the plain wrapped optimizer).
 
