@@ -7,7 +7,7 @@ opt = critgrad.create_optimizer(model, "adamw_c", lr=1e-3, weight_decay=0.01)
 """
 
 from .aggmo import AggMo
-from .memory import AGGREGATIONS, KEY_MODES
+from .memory import AGGREGATIONS, KEY_MODES, SELECTIONS
 from .optimizers import (
     SGD,
     SGD_C,
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGGREGATIONS",
     "KEY_MODES",
+    "SELECTIONS",
     "SGD",
     "SGD_C",
     "Adagrad",

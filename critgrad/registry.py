@@ -15,6 +15,7 @@ from torch import nn
 
 from . import optimizers
 from .aggmo import AggMo
+from .options import checked_lr
 
 _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]]] = {
     "sgd": (torch.optim.SGD, optimizers.SGD),
@@ -93,7 +94,8 @@ def create_optimizer(
         decay_norm_and_bias: when a module is given, biases and normalisation weights get no
             weight decay unless this is True.
         **kwargs: the optimizer's other arguments (``momentum``, ``betas``, and for ``_c`` names
-            ``topC``, ``decay``, ``kappa``, ``aggr``, ``synced``, ``key``, ``store_dtype``).
+            ``topC``, ``decay``, ``kappa``, ``aggr``, ``synced``, ``key``, ``store_dtype``,
+            ``selection``, ``include_current``, ``compile``).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -108,5 +110,5 @@ def create_optimizer(
     else:
         params = model_or_params
     if lr is not None:
-        kwargs["lr"] = lr
+        kwargs["lr"] = checked_lr(lr)
     return cls(params, weight_decay=weight_decay, **kwargs)
