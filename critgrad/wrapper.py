@@ -117,9 +117,11 @@ class CriticalGradients(Optimizer):
             on the device, without state of their own, the same compiled and eager. The seed is
             drawn from torch's global generator when the group is added (``torch.manual_seed``
             makes runs repeatable) and kept in the group as ``"selection_seed"``, so that
-            ``state_dict()`` saves it. With ``key="per_tensor"`` each tensor draws its own slot;
-            with a key per group the group's tensors draw the same one. Priorities decay and
-            ages advance the same way under every rule.
+            ``state_dict()`` saves it (in data-parallel training every process must hold the
+            same seed, as it holds the same parameters: seed torch alike on every process, or
+            set ``selection_seed`` in the group). With ``key="per_tensor"`` each tensor draws
+            its own slot; with a key per group the group's tensors draw the same one.
+            Priorities decay and ages advance the same way under every rule.
         include_current (bool): ``False`` gives the memory-only direction (the reference
             package's ``SGD_C_Only``): g is offered to the memory first, and the direction is
             kappa x the mean of the memory after the offer (g itself while the memory is
