@@ -22,6 +22,7 @@ accuracy). Optimizers: SGD, SGD with momentum 0.9, RMSprop, Adam and their twins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,9 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
             "ties": sum(d == 0 for d in paired),
             "pairs": len(paired),
         }
+        differences[base]["sign_test_p"] = sign_test(
+            differences[base]["twin_better"], differences[base]["vanilla_better"]
+        )
     header = "| flipped | " + " | ".join(
         f"{optimizers.DISPLAY[b]} | {optimizers.DISPLAY[b]}_C" for b in pairs
     )
@@ -225,7 +229,9 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
         "| _C − vanilla, mean over levels and seeds | "
         + " | ".join(
             f"{differences[b]['mean']:+.3f} ± {differences[b]['std']:.3f} | "
-            f"_C better in {differences[b]['twin_better']}/{differences[b]['pairs']}"
+            f"_C better in {differences[b]['twin_better']}/{differences[b]['pairs']}, "
+            f"worse in {differences[b]['vanilla_better']} (sign test p = "
+            f"{differences[b]['sign_test_p']:.2g})"
             for b in pairs
         )
         + " |"
@@ -250,8 +256,19 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
     )
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test: the probability, with wins and losses equally likely, of a split at
+    least as uneven as ``wins`` : ``losses`` (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def _better(vanilla: float | None, twin: float | None) -> str | None:
-    if vanilla is None or twin is None or vanilla == twin:
+    """Which mean is higher as the table prints them (3 decimals); None for a tie."""
+    if vanilla is None or twin is None or round(vanilla, 3) == round(twin, 3):
         return None
     return "twin" if twin > vanilla else "vanilla"
 
@@ -323,6 +340,10 @@ def figures(
         if column == 0:
             top.set_ylabel("test micro-F1")
             bottom.set_ylabel("F1(_C) − F1(vanilla), same seed")
+    # One scale for the paired differences, so that the pairs can be compared by eye.
+    limit = max(max(abs(v) for v in axis.get_ylim()) for axis in axes[1])
+    for axis in axes[1]:
+        axis.set_ylim(-limit, limit)
     figure.suptitle(
         f"Label noise: logistic regression, batch 1, {epochs} epochs; mean ± std over "
         f"{len(options.seeds)} seed(s)",

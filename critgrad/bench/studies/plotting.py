@@ -30,6 +30,19 @@ def line_style(label: str) -> str:
 
 
 def save(figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
+    """Write ``figure`` as a PNG with a 256-colour palette: a few times smaller than full colour,
+    and line plots do not use more colours than that."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png")
     pyplot().close(figure)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        paletted = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    temporary = path.with_name(f".{path.name}.tmp")
+    paletted.save(temporary, format="PNG", optimize=True)
+    temporary.replace(path)
     return path

@@ -52,6 +52,7 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
 QUICK_STEPS = 25
 QUICK_PAIRS = ("sgd", "adam")
 QUICK_SURFACES = ("beale", "camel")
+CONTROL_PAIRS = ("sgd", "sgdm")  # pairs that also run the vanilla optimizer at twice the lr
 
 
 def _significant(value: float) -> float | None:
@@ -165,7 +166,18 @@ def plan(options: Options) -> list[Unit]:
                     _unit(surface, label, lr, steps[surface], NOISE[surface], seed)
                     for seed in options.seeds
                 ]
+            if base in CONTROL_PAIRS:
+                units.append(_control_unit(surface, base, steps[surface]))
     return units
+
+
+def _control_unit(surface: str, base: str, steps: int) -> Unit:
+    """The vanilla optimizer at twice the pair's learning rate, full gradient: with ``aggr="sum"``
+    the twin's direction g + mean(B) is about 2g while the stored gradients agree with g."""
+    unit = _unit(surface, base, 2 * LEARNING_RATES[surface][base], steps, 0.0, None)
+    return Unit(
+        unit.study, unit.name + "-control", {**unit.config, "control": "twice the pair's lr"}
+    )
 
 
 def run_unit(config: Mapping[str, Any], options: Options) -> dict[str, Any]:
@@ -197,15 +209,19 @@ def _converged(result: Mapping[str, Any]) -> bool:
 
 
 def _index(finished: Sequence[Finished]):
+    """Full-gradient runs by (surface, label, lr), noisy runs and controls by (surface, label)."""
     full: dict[tuple[str, str, float], Mapping[str, Any]] = {}
     noisy: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    control: dict[tuple[str, str], Mapping[str, Any]] = {}
     for item in finished:
         c = item.unit.config
-        if c["noise"]:
+        if c.get("control"):
+            control[(c["surface"], c["optimizer"])] = item.result
+        elif c["noise"]:
             noisy.setdefault((c["surface"], c["optimizer"]), []).append(item.result)
         else:
             full[(c["surface"], c["optimizer"], c["lr"])] = item.result
-    return full, noisy
+    return full, noisy, control
 
 
 def _largest_converging(full, surface: str, label: str) -> float | None:
@@ -235,7 +251,7 @@ def _noisy_counts(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
     pairs, steps, _ = _settings(options)
-    full, noisy = _index(finished)
+    full, noisy, control = _index(finished)
     rows, data = [], []
     for surface in steps:
         for base in pairs:
@@ -255,11 +271,14 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
                     "largest_converging_lr": _largest_converging(full, surface, label),
                     "noisy": _noisy_counts(noisy.get((surface, label), [])),
                 }
+            doubled = control.get((surface, base))
+            entry["vanilla_twice_lr"] = None if doubled is None else _outcome(doubled)
             data.append(entry)
             v, t = entry["vanilla"], entry["twin"]
             rows.append(
                 f"| {SURFACES[surface].title} | {optimizers.DISPLAY[base]} | {lr:g} | "
-                f"{v['full']} | {t['full']} | {_noisy_cell(v['noisy'])} | "
+                f"{v['full']} | {t['full']} | {entry['vanilla_twice_lr'] or 'n/a'} | "
+                f"{_noisy_cell(v['noisy'])} | "
                 f"{_noisy_cell(t['noisy'])} | {_lr_cell(v['largest_converging_lr'])} / "
                 f"{_lr_cell(t['largest_converging_lr'])} |"
             )
@@ -271,15 +290,18 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
     table = "\n".join(
         [
             "| surface | pair | lr | full gradient: vanilla | full gradient: _C | "
+            "full gradient: vanilla at 2 lr (control) | "
             "noisy: vanilla (global/local/none/div, median f-f*) | noisy: _C | "
             "largest converging lr in the scan: vanilla / _C |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Steps: {', '.join(f'{s} {n}' for s, n in steps.items())}; noise sigma: "
             f"{', '.join(f'{s} {NOISE[s]:g}' for s in steps)}; seeds {list(options.seeds)}; "
             f"memory topC {MEMORY['topC']}, decay {MEMORY['decay']}, kappa 1. 'settled' = within "
             f"{SETTLED} of the minimum from that step on.",
+            "The control (SGD and SGDm only) is the vanilla optimizer at twice the pair's learning "
+            "rate: SGD_C's direction g + mean(B) is about 2g while its memory agrees with g.",
             "Learning rates that the rule (the vanilla's largest converging lr in the scan, else "
             "its largest not diverging) would pick differently: "
             + ("; ".join(rule_changes) if rule_changes else "none."),
@@ -306,7 +328,7 @@ def figures(
     from critgrad.bench.studies import surfaces_plots
 
     pairs, steps, _ = _settings(options)
-    full, noisy = _index(finished)
+    full, noisy, control = _index(finished)
     paths = [
         surfaces_plots.surface_figure(
             SURFACES[name],
@@ -316,6 +338,7 @@ def figures(
             noisy,
             NOISE[name],
             folder,
+            control=control,
             resolution=60 if options.quick else 240,
         )
         for name in steps

@@ -61,7 +61,8 @@ def _path(axis, result: Mapping[str, Any], label: str) -> None:
 def _gaps(result: Mapping[str, Any], steps: int) -> np.ndarray:
     gap = np.full(steps + 1, np.nan)
     values = np.array([np.nan if g is None else g for g in result["gap"]], float)
-    gap[: len(values)] = np.maximum(values, FLOOR)
+    # Diverging runs reach 1e300 and more, which log-axis margins cannot take: cut at 1e100.
+    gap[: len(values)] = np.clip(values, FLOOR, 1e100)
     return gap
 
 
@@ -73,9 +74,12 @@ def surface_figure(
     noisy: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
     sigma: float,
     folder: Path,
+    control: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     resolution: int = 240,
 ) -> Path:
-    """``resolution``: grid points per side of the contour plots."""
+    """``control``: the vanilla optimizer at twice the learning rate, by (surface, label), drawn
+    as a grey dotted line; ``resolution``: grid points per side of the contour plots."""
+    control = control or {}
     plt = plotting.pyplot()
     figure, axes = plt.subplots(
         3,
@@ -124,13 +128,22 @@ def surface_figure(
                     label=f"{optimizers.display(label)}, noisy (median of {len(runs)})",
                 )
                 bottom.fill_between(x, low, high, color=colour, alpha=0.12, lw=0)
+        doubled = control.get((surface.name, base))
+        if doubled is not None:
+            path = np.array([[np.nan if v is None else v for v in p] for p in doubled["path"]])
+            name = f"{optimizers.DISPLAY[base]}, 2 × lr (control)"
+            top.plot(path[:, 0], path[:, 1], ":", color="0.35", lw=1.2, label=name)
+            steps = len(doubled["path"]) - 1
+            bottom.plot(
+                np.arange(steps + 1), _gaps(doubled, steps), ":", color="0.35", lw=1.2, label=name
+            )
         title = f"{optimizers.DISPLAY[base]} vs {optimizers.display(labels[1])}, lr {lr:g}"
         top.set_title(f"{title}\nfull gradient", fontsize=9)
         middle.set_title(f"noisy gradient (σ = {sigma:g}), first seed", fontsize=9)
         top.legend(fontsize=7, loc="best")
         bottom.set_yscale("log")
         # A diverging run would stretch the axis over hundreds of decades: cut above the start.
-        bottom.set_ylim(top=30 * max(first_gaps))
+        bottom.set_ylim(FLOOR / 3, 30 * max(first_gaps))
         bottom.set_xlabel("step")
         bottom.set_ylabel("f(x_t) − f*")
         bottom.set_title("loss per step", fontsize=9)

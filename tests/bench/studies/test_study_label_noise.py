@@ -83,3 +83,12 @@ def test_quick_study_end_to_end(quick_runs):
     table = (out / "table.md").read_text()
     assert table.startswith("| flipped | SGD | SGD_C | Adam | Adam_C |")
     assert len(list((out / "units").glob("*.json"))) == 12
+
+
+@pytest.mark.parametrize(
+    "wins, losses, p",
+    [(0, 0, 1.0), (3, 3, 1.0), (5, 0, 2 / 32), (0, 5, 2 / 32), (8, 2, 2 * 56 / 1024)],
+)
+def test_sign_test(wins, losses, p):
+    # (8, 2): P(X <= 2) for X ~ Binomial(10, 1/2) is (1 + 10 + 45) / 1024, doubled.
+    assert label_noise.sign_test(wins, losses) == pytest.approx(p, rel=1e-12)

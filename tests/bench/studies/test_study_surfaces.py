@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from critgrad.bench.studies import surfaces
+from critgrad.bench.studies.contract import Options
 from critgrad.bench.studies.surface_formulas import SURFACES
 
 F = SURFACES
@@ -121,7 +122,23 @@ def test_quick_study_end_to_end(quick_runs):
     assert names == sorted(
         [f"surfaces-{s}.png" for s in surfaces.QUICK_SURFACES] + ["surfaces-lr-scan.png"]
     )
-    # 2 surfaces x 2 pairs x (vanilla, twin) x (2 learning rates in the scan + 1 noisy seed)
-    assert len(list((out / "units").glob("*.json"))) == 2 * 2 * 2 * 3
+    # 2 surfaces x 2 pairs x (vanilla, twin) x (2 learning rates in the scan + 1 noisy seed),
+    # and per surface SGD at twice its learning rate
+    assert len(list((out / "units").glob("*.json"))) == 2 * 2 * 2 * 3 + 2
+    for entry in data["pairs"]:
+        assert (entry["vanilla_twice_lr"] is None) == (entry["pair"] == "adam")
     assert all((out / n).stat().st_size > 10_000 for n in names)
     assert "| Beale | SGD | 0.03 |" in (out / "table.md").read_text()
+
+
+def test_control_runs_the_vanilla_optimizer_at_twice_the_rate():
+    units = surfaces.plan(Options(seeds=(0,)))
+    controls = [u for u in units if u.config.get("control")]
+    assert [(u.config["surface"], u.config["optimizer"]) for u in controls] == [
+        (s, p) for s in F for p in surfaces.CONTROL_PAIRS
+    ]
+    for unit in controls:
+        c = unit.config
+        assert c["lr"] == 2 * surfaces.LEARNING_RATES[c["surface"]][c["optimizer"]]
+        assert c["noise"] == 0.0 and c["memory"] is None
+    assert len({u.id for u in units}) == len(units)
