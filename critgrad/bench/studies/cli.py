@@ -34,7 +34,9 @@ def add_study_command(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="the tiny size (seconds)")
     parser.add_argument(
-        "--seeds", type=_seeds, help="comma-separated seeds (default: the study's own)"
+        "--seeds",
+        type=_seeds,
+        help="comma-separated seeds (default: the study's own; with --quick, its first)",
     )
     parser.add_argument("--data-dir", help="folder holding user-provided data sets")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
