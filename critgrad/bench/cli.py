@@ -122,16 +122,13 @@ def command_list(args) -> int:
         print(f"  missing data: {message}")
     for message in dict.fromkeys(corrupt):  # a folder may serve two data sets
         print(f"  corrupt data: {message}")
-    try:
-        labels = optimizer_labels.known_labels()
-        aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
-        print(f"optimizers: {', '.join(labels)}")
-        print(f"  aliases: {aliases}")
-        from critgrad.bench.saga import FINITE_SUM_PROBLEMS
+    labels = optimizer_labels.LABELS.values()
+    aliases = ", ".join(f"{e.label} = {e.name} {dict(e.implied)}" for e in labels if e.implied)
+    print(f"optimizers: {', '.join(optimizer_labels.known_labels())}")
+    print(f"  aliases: {aliases}")
+    from critgrad.bench.saga import FINITE_SUM_PROBLEMS
 
-        print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
-    except RuntimeError as error:
-        print(f"optimizers: unavailable ({error})")
+    print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
     return 0
 
 
@@ -254,7 +251,7 @@ def command_main(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from critgrad.bench import main_job
+    from critgrad.bench import main_job, optimizer_labels
 
     parser = _Parser(prog="critgrad", description="Critical Gradients benchmark harness.")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
@@ -278,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[OPTIMIZER.]KEY=VALUE",
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
-        "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
+        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the _c optimizers",
     )
     run.add_argument(
         "--size",

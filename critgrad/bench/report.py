@@ -20,21 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from critgrad.bench import optimizer_labels, records, scoring, sweep
+from critgrad.bench.optimizer_labels import display_name
 from critgrad.bench.protocols import Protocol
 
-DISPLAY_NAMES = {
-    "sgd": "SGD",
-    "sgdm": "SGDm",
-    "rmsprop": "RMSprop",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adagrad": "Adagrad",
-    "adamax": "Adamax",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "aggmo": "AggMo",
-    "saga": "SAGA",
-}
 # metric -> (scale, decimals, unit shown in the heading)
 METRIC_FORMATS = {
     "accuracy": (100.0, 2, "%"),
@@ -254,12 +242,6 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
 
 
 # ---- formatting ---------------------------------------------------------------------------------
-
-
-def display_name(label: str) -> str:
-    base = optimizer_labels.base_label(label)
-    name = DISPLAY_NAMES.get(base, base)
-    return name + "_C" if optimizer_labels.is_memory(label) else name
 
 
 def format_value(metric: str, summary: tuple[float, float, int]) -> str:
