@@ -96,8 +96,8 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
 
 def command_list(args) -> int:
     from critgrad.bench import optimizer_labels
+    from critgrad.bench.contract import CorruptData, DataUnavailable
     from critgrad.bench.datasets import verify
-    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import list_problems
 
     problems = list_problems()
@@ -325,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from critgrad.bench.contract import CorruptData, DataUnavailable
     from critgrad.bench.optimizer_labels import UnknownOptimizer
-    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import UnknownProblem
 
     try:

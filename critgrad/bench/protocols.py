@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from critgrad.bench import optimizer_labels, values
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 # ---- Defaults, in one place --------------------------------------------------------------------
 PAPER_LRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)

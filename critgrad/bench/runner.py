@@ -33,7 +33,7 @@ import torch
 
 from critgrad.bench import optimizer_labels
 from critgrad.bench.problems import get_problem
-from critgrad.bench.records import RECORD_FORMAT, RunSpec, finite_or_none
+from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
 
 def machine_info() -> dict[str, Any]:
@@ -221,7 +221,7 @@ def run(
     return finite_or_none(
         {
             "format": RECORD_FORMAT,
-            "key": spec.key(),
+            "key": spec.run_id(),
             "spec": spec.to_dict(),
             "optimizer_name": optimizer_name,
             "optimizer_arguments": arguments,
@@ -230,7 +230,7 @@ def run(
             "higher_is_better": task.higher_is_better,
             "epochs": task.epochs,
             "history": history,
-            "final": {key: None if divergence else last[key] for key in FINAL_KEYS},
+            "final": {key: None if divergence else last[key] for key in FINAL_FIELDS},
             "diverged": divergence is not None,
             "divergence": divergence,
             "steps": state["step"],
@@ -243,9 +243,6 @@ def run(
             ),
         }
     )
-
-
-FINAL_KEYS = ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
 
 
 def _finite(value: Any) -> bool:
@@ -262,7 +259,7 @@ def _point_divergence(
     ):
         cause = "non-finite parameters"
     else:
-        bad = [key for key in FINAL_KEYS if not _finite(point[key])]
+        bad = [key for key in FINAL_FIELDS if not _finite(point[key])]
         if bad:
             cause = f"non-finite {', '.join(key.replace('_', ' ') for key in bad)}"
     if cause is None:

@@ -53,7 +53,7 @@ from typing import Any
 
 from critgrad.bench import claims, optimizer_labels, protocols, records, scoring, values
 from critgrad.bench.protocols import Protocol
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 EXECUTORS = ("inline", "local", "submitit")
 # One torch thread per run: MNIST-scale models gain nothing from more, and on a shared machine
@@ -324,8 +324,8 @@ def execute_one(
     claimed, owner = claims.claim(path, lambda: records.finished(run_dir, spec)[0])
     if not claimed:
         if owner is None:
-            return {"key": spec.key(), "done_elsewhere": True}
-        return {"key": spec.key(), "claimed_by": claims.describe(owner)}
+            return {"key": spec.run_id(), "done_elsewhere": True}
+        return {"key": spec.run_id(), "claimed_by": claims.describe(owner)}
     previous_threads = torch.get_num_threads()
     try:
         if threads:
@@ -338,7 +338,7 @@ def execute_one(
     finally:
         claims.release(path)
     return {
-        "key": spec.key(),
+        "key": spec.run_id(),
         "path": str(path),
         "wall_seconds": record["wall_seconds"],
         "diverged": _divergence_words(spec, record),
@@ -362,7 +362,7 @@ def _safe_execute_one(*args) -> dict[str, Any]:
         return execute_one(*args)
     except Exception as error:
         return {
-            "key": RunSpec.from_dict(args[0]).key(),
+            "key": RunSpec.from_dict(args[0]).run_id(),
             "error": f"{type(error).__name__}: {' '.join(str(error).split())}",
         }
 
@@ -386,9 +386,9 @@ def pending(
     """Specs without a finished record (broken records are reported and counted as pending)."""
     todo, skipped, seen = [], 0, set()
     for spec in specs:
-        if spec.key() in seen:
+        if spec.run_id() in seen:
             continue
-        seen.add(spec.key())
+        seen.add(spec.run_id())
         done, broken = records.finished(run_dir, spec)
         if done:
             skipped += 1
@@ -445,7 +445,7 @@ def execute(
             description=f"runs ({outcome.skipped} already done)",
         ):
             if "claimed_by" in summary:
-                waiting.append(next(s for s in mine if s.key() == summary["key"]))
+                waiting.append(next(s for s in mine if s.run_id() == summary["key"]))
             elif summary.get("done_elsewhere"):
                 outcome.elsewhere += 1
             elif "error" in summary:
@@ -460,14 +460,14 @@ def execute(
                 on_result()
         if not waiting:
             break
-        fresh = [spec for spec in waiting if spec.key() not in waited]
+        fresh = [spec for spec in waiting if spec.run_id() not in waited]
         if fresh:
             owners = sorted(
                 {claims.describe(o) for o in map(_holder, [run_dir] * len(fresh), fresh) if o}
             )
             by = f" ({', '.join(owners)})" if owners else ""
             log(f"{len(fresh)} run(s) claimed by another sweep{by}; waiting for their records")
-            waited.update(spec.key() for spec in fresh)
+            waited.update(spec.run_id() for spec in fresh)
         todo = _wait_for(waiting, run_dir, outcome, on_result)
     return outcome
 
@@ -594,7 +594,7 @@ def _submitit_run(
         except Exception as error:
             summaries.append(
                 {
-                    "key": RunSpec.from_dict(args[0]).key(),
+                    "key": RunSpec.from_dict(args[0]).run_id(),
                     "error": f"job {job.job_id}: {type(error).__name__}: "
                     f"{' '.join(str(error).split())[:300]}",
                 }
@@ -767,9 +767,9 @@ def run_sweep(
             execute(tuning, sweep.out, outcome=outcome, **settings)
             stored, _ = records.read_records(sweep.out)
             mine = matching_records(stored, problem, sweep.size, overrides, sweep.evals_per_epoch)
-            planned = {spec.key() for spec in tuning}
+            planned = {spec.run_id() for spec in tuning}
             final = [
-                spec for spec in final_specs(sweep, problem, mine) if spec.key() not in planned
+                spec for spec in final_specs(sweep, problem, mine) if spec.run_id() not in planned
             ]  # counted once, in stage 1
             execute(final, sweep.out, outcome=outcome, **settings)
         status = "finished"

@@ -83,11 +83,11 @@ def _install() -> None:
     current = {"key": "?", "runs": 0}
 
     def run(spec, **kwargs):
-        current["key"] = spec.key()
+        current["key"] = spec.run_id()
         current["runs"] += 1
-        _log("start", spec.key())
+        _log("start", spec.run_id())
         record = real_run(spec, **kwargs)
-        _log("end", spec.key())
+        _log("end", spec.run_id())
         return record
 
     def create(label, model, hyperparameters):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from benchtools import TINY_OVERRIDES
 
-from critgrad.bench import cli, records
+from critgrad.bench import cli, record_format, records
 from critgrad.bench.problems import list_problems
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -272,14 +272,14 @@ def test_numpy_scalars_are_plain_numbers_in_records(tmp_path, mnist_dir):
     (record,) = records.read_records(plan.out)[0]
     assert record["spec"]["hyperparameters"] == {"lr": 0.1, "topC": 3, "decay": 0.7}
     assert record["spec"]["overrides"]["epochs"] == 1 and record["steps"] == 4
-    plain = records.RunSpec(
+    plain = record_format.RunSpec(
         "mnist-logreg",
         "sgd_c",
         {"lr": 0.1, "topC": 3, "decay": 0.7},
         0,
         overrides={**TINY_OVERRIDES, "epochs": 1, "grad_clip": 10.0},
     )
-    assert record["key"] == plain.key()  # the same run, whichever way its numbers were typed
+    assert record["key"] == plain.run_id()  # the same run, whichever way its numbers were typed
 
 
 # ---- 4. output folders that cannot be written ---------------------------------------------------
@@ -1152,7 +1152,7 @@ def _reference(spec_dict, mnist_dir):
     torch.set_num_threads(1)
     try:
         return runner.without_timings(
-            runner.run(records.RunSpec.from_dict(spec_dict), data_dir=str(mnist_dir))
+            runner.run(record_format.RunSpec.from_dict(spec_dict), data_dir=str(mnist_dir))
         )
     finally:
         torch.set_num_threads(threads)
@@ -1339,7 +1339,7 @@ def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypa
         monkeypatch.setattr(
             runner,
             "run",
-            lambda spec, **kw: trained_here.append(spec.key()) or real_run(spec, **kw),
+            lambda spec, **kw: trained_here.append(spec.run_id()) or real_run(spec, **kw),
         )
         plan = sweep.parse_config(sweep.read_config_file(config))
         if executor == "submitit":

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from critgrad.bench import protocols, records, runner, sweep
-from critgrad.bench.problem import DataUnavailable
+from critgrad.bench import protocols, record_format, records, runner, sweep
+from critgrad.bench.contract import DataUnavailable
 
 
 def make_sweep(
@@ -160,7 +160,9 @@ def test_local_process_pool(tmp_path, mnist_dir, tiny_overrides):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inline = runner.run(records.RunSpec.from_dict(stored[0]["spec"]), data_dir=str(mnist_dir))
+        inline = runner.run(
+            record_format.RunSpec.from_dict(stored[0]["spec"]), data_dir=str(mnist_dir)
+        )
     finally:
         torch.set_num_threads(threads)
     assert runner.without_timings(inline)["history"] == runner.without_timings(stored[0])["history"]

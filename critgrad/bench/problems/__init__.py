@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from critgrad.bench.problem import ProblemSpec
+from critgrad.bench.contract import ProblemSpec
 
 _MODULES = ("mnist", "vision", "language", "snli", "convex", "multiwoz")
 

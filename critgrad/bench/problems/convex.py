@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
 from critgrad.bench.finite_sum import LinearFiniteSum, cross_entropy_rows
-from critgrad.bench.problem import ProblemSpec, Task, integer, number, shuffled_batches
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import shuffled_batches
 
 SETTINGS = {
     "rows": 5_000,

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import text as text_data
 from critgrad.bench.datasets.text import Corpus, batchify, bptt_slices
-from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 FULL = {

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import mnist as mnist_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import classification_task
 
 # The paper's setting; the cpu sizes below differ only where listed.
 FULL = {

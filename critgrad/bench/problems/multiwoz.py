@@ -48,8 +48,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from critgrad.bench import dialogue_metrics
+from critgrad.bench.contract import ProblemSpec, Setting, Task, integer, number
 from critgrad.bench.datasets import multiwoz as multiwoz_data
-from critgrad.bench.problem import ProblemSpec, Setting, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import snli as snli_data
 from critgrad.bench.datasets.snli import SnliSplit
-from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed

@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import cifar as cifar_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import classification_task
 from critgrad.bench.problems.mnist import SCHEMA as IMAGE_SCHEMA
 from critgrad.bench.problems.mnist import image_classification_task
 
