@@ -172,7 +172,7 @@ def run(
         return point
 
     total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
-    bar = _progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
+    bar = progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
     divergence: dict[str, Any] | None = None
     try:
         divergence = _point_divergence(evaluate_point(0.0), parameters)
@@ -275,7 +275,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
+def progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
