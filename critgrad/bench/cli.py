@@ -105,7 +105,8 @@ def command_list(args) -> int:
 def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
     """The summary line, the report, and the exit status: 1 when a run failed or the report could
     not be written, 0 otherwise (diverged runs are results: they are counted and reported)."""
-    from critgrad.bench import report, report_files
+    from critgrad.bench import report as reporting
+    from critgrad.bench import report_files
 
     print(outcome.summary(sweep_obj.out), file=sys.stderr)
     code = EXIT_FAILED_RUNS if outcome.failed else 0
@@ -117,7 +118,7 @@ def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
             return EXIT_FAILED_RUNS
         if print_tables:
             print(text)
-        for line in report.unresolved_lines(analysis):
+        for line in reporting.unresolved_lines(analysis):
             print(line, file=sys.stderr)
         print(f"report: {path}", file=sys.stderr)
     return code

@@ -16,10 +16,11 @@ from critgrad.bench.problems import get_problem
 
 def preflight(sweep) -> None:
     """Every check of ``sweep`` (a :class:`critgrad.bench.sweep.Sweep`) that can fail before the
-    first run, cheapest first, nothing written until all passed: problem names, sizes and settings (against each problem's declarations), the
-    optimizers' hyperparameters (an optimizer built and stepped once on a probe), the executor,
-    then the data (present and intact), and last the output folder (created, and written to once).
-    Values are normalised in place (numpy scalars become Python numbers)."""
+    first run, cheapest first, nothing written until all passed: problem names, sizes and settings
+    (against each problem's declarations), the optimizers' hyperparameters (an optimizer built and
+    stepped once on a probe), the executor, then the data (present and intact), and last the
+    output folder (created, and written to once). Values are normalised in place (numpy scalars
+    become Python numbers)."""
     values.strings("problems", sweep.problems)
     out = os.fspath(sweep.out) if isinstance(sweep.out, os.PathLike) else sweep.out
     sweep.out = Path(values.path("out", out))
