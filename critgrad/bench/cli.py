@@ -102,15 +102,14 @@ def command_list(args) -> int:
     return 0
 
 
-def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
+def _finish(sweep_obj, outcome, with_report: bool, print_tables: bool = True) -> int:
     """The summary line, the report, and the exit status: 1 when a run failed or the report could
     not be written, 0 otherwise (diverged runs are results: they are counted and reported)."""
-    from critgrad.bench import report as reporting
-    from critgrad.bench import report_files
+    from critgrad.bench import report, report_files
 
     print(outcome.summary(sweep_obj.out), file=sys.stderr)
     code = EXIT_FAILED_RUNS if outcome.failed else 0
-    if report:
+    if with_report:
         try:
             analysis, text, path = report_files.write_report(sweep_obj.out)
         except (ValueError, OSError) as error:  # nothing to report (every run failed), or no room
@@ -118,7 +117,7 @@ def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
             return EXIT_FAILED_RUNS
         if print_tables:
             print(text)
-        for line in reporting.unresolved_lines(analysis):
+        for line in report.unresolved_lines(analysis):
             print(line, file=sys.stderr)
         print(f"report: {path}", file=sys.stderr)
     return code
@@ -154,7 +153,7 @@ def command_run(args) -> int:
         tensorboard=args.tensorboard,
     )
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    return _finish(sweep_obj, outcome, report=not args.no_report)
+    return _finish(sweep_obj, outcome, with_report=not args.no_report)
 
 
 def command_sweep(args) -> int:
@@ -170,7 +169,7 @@ def command_sweep(args) -> int:
     if args.data_dir:
         sweep_obj.data_dir = args.data_dir
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    return _finish(sweep_obj, outcome, report=not args.no_report)
+    return _finish(sweep_obj, outcome, with_report=not args.no_report)
 
 
 def command_report(args) -> int:
@@ -206,7 +205,7 @@ def command_main(args) -> int:
     )
     started = time.perf_counter()
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    code = _finish(sweep_obj, outcome, report=True)
+    code = _finish(sweep_obj, outcome, with_report=True)
     print(f"main job wall time: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return code
 
