@@ -46,6 +46,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -201,6 +202,28 @@ def admission_counts(opt: Any) -> tuple[int, int] | None:
         return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that timings are of work done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_syncs(step: Callable[[], Any], device: torch.device) -> int | None:
+    """How many times one call of ``step()`` makes the host wait for the GPU, as counted by
+    ``torch.cuda.set_sync_debug_mode`` (None on the CPU, where there is nothing to wait for)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -268,6 +291,7 @@ class Contender:
         self.params = [t.clone().requires_grad_(True) for t in init]
         for p, g in zip(self.params, grads):
             p.grad = g.clone()
+        self.device = self.params[0].device
         self.opt = make(self.params)
         self.ratios = ratios
         self.tick = 0
@@ -286,8 +310,10 @@ class Contender:
         total = 0.0
         for _ in range(steps):
             self.perturb()
+            synchronize(self.device)
             started = time.perf_counter()
             self.opt.step()
+            synchronize(self.device)
             total += time.perf_counter() - started
         return total / steps
 
@@ -319,8 +345,8 @@ def alternate(contenders: Sequence[Any], repeats: int, steps: int, seed: int) ->
 def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict[str, Any]:
     shapes = mlp_shapes(args.params)
     generator = torch.Generator().manual_seed(args.seed)
-    init = [torch.randn(s, generator=generator) * 0.02 for s in shapes]
-    grads = [torch.randn(s, generator=generator) * 1e-3 for s in shapes]
+    init = [(torch.randn(s, generator=generator) * 0.02).to(args.device) for s in shapes]
+    grads = [(torch.randn(s, generator=generator) * 1e-3).to(args.device) for s in shapes]
     n_params = sum(t.numel() for t in init)
     ratios = scale_ratios(args.seed) if args.grads == "perturbed" else None
     warmup = max(args.topc) + 3
@@ -329,7 +355,7 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
     for name in optimizers:
         torch_class, critgrad_class, kwargs = OPTIMIZERS[name]
         contenders: list[Contender] = []
-        for impl in IMPLS:
+        for impl in args.impls:
             if not supports(torch_class, impl):
                 skipped.append(
                     {
@@ -389,8 +415,10 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
             f"step: {name}: {len(contenders)} contenders, {warmup} warm-up steps each, "
             f"{args.repeats} repeats x {args.steps} steps"
         )
+        syncs = {}
         for contender in contenders:
-            contender.run(warmup - 1)
+            contender.run(warmup - 2)
+            syncs[id(contender)] = host_syncs(contender.opt.step, contender.device)
             contender.before = admission_counts(contender.opt)
         alternate(contenders, args.repeats, args.steps, args.seed)
         torch_of = {c.label["impl"]: c for c in contenders if c.label["topC"] is None}
@@ -415,6 +443,8 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
                     "torch_repeats_ms": twin_summary["repeats_ms"],
                     "critgrad_repeats_ms": mine["repeats_ms"],
                     "ratio_of_medians": mine["median_ms"] / twin_summary["median_ms"],
+                    "torch_host_syncs": syncs[id(twin)],
+                    "critgrad_host_syncs": syncs[id(contender)],
                     "fastest_torch_impl": fastest.label["impl"],
                     "fastest_torch_ms": percentile(fastest.seconds, 50) * 1e3,
                 }
@@ -438,6 +468,7 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
         "params": n_params,
         "shapes": [list(s) for s in shapes],
         "dtype": "float32",
+        "device": str(args.device),
         "grads": args.grads,
         "warmup_steps": warmup,
         "repeats": args.repeats,
@@ -467,11 +498,13 @@ class TrainContender:
         for _ in range(steps):
             x, y = self.batches[self.tick % len(self.batches)]
             self.tick += 1
+            synchronize(x.device)
             started = time.perf_counter()
             loss = F.cross_entropy(self.model(x), y)
             loss.backward()
             self.opt.step()
             self.opt.zero_grad()
+            synchronize(x.device)
             total += time.perf_counter() - started
         return total / steps
 
@@ -485,8 +518,8 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
     for model_name, sizes in TRAIN_MODELS.items():
         batches = [
             (
-                torch.randn(args.batch, sizes[0], generator=generator),
-                torch.randint(0, sizes[-1], (args.batch,), generator=generator),
+                torch.randn(args.batch, sizes[0], generator=generator).to(args.device),
+                torch.randint(0, sizes[-1], (args.batch,), generator=generator).to(args.device),
             )
             for _ in range(8)
         ]
@@ -494,7 +527,8 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
         reference = build_mlp(sizes)
         models_info[model_name] = sum(p.numel() for p in reference.parameters())
         contenders: list[TrainContender] = []
-        for impl, impl_kwargs in IMPLS.items():
+        for impl in args.impls:
+            impl_kwargs = IMPLS[impl]
             if not supports(torch.optim.Adam, impl):
                 skipped.append({"model": model_name, "impl": impl, "why": "not supported"})
                 continue
@@ -503,7 +537,7 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
                 (variant, extra) for variant, extra in critgrad_variants(args)
             ]
             for kind, extra in kinds:
-                model = build_mlp(sizes)
+                model = build_mlp(sizes).to(args.device)
                 model.load_state_dict(reference.state_dict())
                 if extra is None:
                     make = functools.partial(torch.optim.Adam, **options)
@@ -533,7 +567,7 @@ def bench_train(args: argparse.Namespace, log) -> dict[str, Any]:
             f"{args.train_steps} steps"
         )
         alternate(contenders, args.repeats, args.train_steps, args.seed + 1)
-        for impl in IMPLS:
+        for impl in args.impls:
             pair = {c.label["kind"]: c for c in contenders if c.label["impl"] == impl}
             for variant in pair:
                 if variant == "torch":
@@ -877,8 +911,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also time critgrad with compile=True (its torch.compile-d memory "
-        "pass) in the step and train sections; the first steps compile",
+        help="also time critgrad with compile=True (the whole memory-plus-base step "
+        "torch.compile-d) in the step and train sections; the first steps compile",
     )
     parser.add_argument(
         "--threads",
@@ -886,6 +920,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="torch.set_num_threads for the run (default: torch's own choice, "
         "left as it is); restored when main() returns",
+    )
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="comma-separated torch implementations to time (default: " + ",".join(IMPLS) + ")",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda: runs the step and train sections on the GPU, and counts the "
+        "host synchronisations of one step (torch.cuda.set_sync_debug_mode)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -923,6 +968,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             )
     args.sections = sections or list(SECTIONS)
     args.optimizers = optimizers or list(OPTIMIZERS)
+    args.impls = [impl.strip() for impl in args.impls.split(",") if impl.strip()]
+    if not args.impls or any(impl not in IMPLS for impl in args.impls):
+        parser.error(f"--impls: choose from {', '.join(IMPLS)}")
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {args.device!r}")
+    if args.device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available on this machine")
+        # The memory section reads the CPU allocator's trace, the profile section the CPU's.
+        args.sections = [section for section in args.sections if section in ("step", "train")]
+    elif args.device.type != "cpu":
+        parser.error("--device: cpu or cuda")
     return args
 
 
@@ -939,6 +998,7 @@ STEP_COLUMNS = [
     ("ratio_vs_fastest", "vs fastest torch"),
     ("fastest_torch_impl", "(fastest)"),
     ("admission_rate", "admitted"),
+    ("critgrad_host_syncs", "syncs/step"),
 ]
 TRAIN_COLUMNS = [
     ("model", "model"),
@@ -998,7 +1058,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "format": RESULT_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
-        "args": dict(vars(args).items()),
+        "args": {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()},
     }
     if "step" in args.sections:
         result["step"] = bench_step(args, args.optimizers, log)

@@ -1,7 +1,9 @@
 """The critical-gradient memory as pure functions on tensors.
 
 Nothing here knows about optimizers or parameter groups. The wrapper in :mod:`critgrad.wrapper`
-gathers the per-parameter state, calls these functions and writes the results back.
+gathers the per-parameter state, calls these functions and writes the results back. Every
+function works on the memory's device and never reads a value back to the host, so a whole step
+can be traced as one graph.
 
 Vocabulary
 ----------
@@ -15,13 +17,15 @@ age
     -1 marks an empty slot. The number of filled entries is ``(age >= 0).sum()``.
 key
     the number that decides admission: an L2 norm of the raw gradient (see :data:`KEY_MODES`).
+scaled sum
+    the sum of the stored gradients times :func:`sum_scale` (a power of two no larger than
+    ``1 / topC``): it can never overflow where the stored values do not, and the scaling is exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,8 +46,18 @@ KEY_MODES = ("sum_of_norms", "per_tensor", "global_norm")
 - ``global_norm``: one key per group, the true L2 norm of all the group's gradients together.
 """
 
-# Slot contents of the per-parameter statistics vector (int64).
 STAT_FIELDS = ("offered", "admitted", "rejected", "nonfinite", "evicted", "evicted_age_sum")
+"""Slot contents of the per-parameter statistics vector (int64)."""
+
+RESYNC_PER_SLOT = 8
+"""The running sum of element i is recomputed from the store once every ``8 * topC`` steps."""
+
+
+def sum_scale(topC: int) -> float:
+    """2^-k for the smallest k >= 1 with 2^k >= topC: the scaled sum of topC values of magnitude
+    at most M stays at most M/2, the scaled difference of two such values at most M, and
+    multiplying by a power of two loses nothing (above the subnormal range)."""
+    return 2.0 ** -max(1, math.ceil(math.log2(topC)))
 
 
 def keys_from_norms(norms: Tensor, mode: str) -> Tensor:
@@ -61,45 +75,7 @@ def keys_from_norms(norms: Tensor, mode: str) -> Tensor:
     raise ValueError(f"key must be one of {KEY_MODES}, got {mode!r}")
 
 
-def aggregation_coefficients(aggr: str, n: int, kappa: float) -> tuple[float, float]:
-    """``(c, s)`` such that the direction is ``(g + c * S) * s`` with S the sum of n stored grads.
-
-    With an empty memory (n = 0) the direction is g itself, whatever the aggregation.
-    """
-    if aggr not in AGGREGATIONS:
-        raise ValueError(f"aggr must be one of {AGGREGATIONS}, got {aggr!r}")
-    if n == 0:
-        return 0.0, 1.0
-    if aggr == "sum":
-        return kappa / n, 1.0
-    if aggr == "mid":
-        return kappa / n, 0.5
-    return kappa, 1.0 / (n + 1)
-
-
-def aggregate(grad: Tensor, stored: Sequence[Tensor], aggr: str, kappa: float) -> Tensor:
-    """The direction from the current gradient and the stored ones, written plainly (slow path)."""
-    n = len(stored)
-    if n == 0:
-        return grad.clone()
-    memory_mean = torch.stack([s.to(grad.dtype) for s in stored]).mean(0)
-    if aggr == "sum":
-        return grad + kappa * memory_mean
-    if aggr == "mid":
-        return 0.5 * (grad + kappa * memory_mean)
-    if aggr == "mean":
-        return (grad + kappa * n * memory_mean) / (n + 1)
-    raise ValueError(f"aggr must be one of {AGGREGATIONS}, got {aggr!r}")
-
-
-# The bookkeeping below works on small host arrays (numpy): the admission decision has to reach
-# the host anyway (it picks which slot to write), and numpy does these few-element operations
-# several times faster than dispatching torch operators.
-
-
-def admission(
-    keys: np.ndarray, priority: np.ndarray, age: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def admission(keys: Tensor, priority: Tensor, age: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Decide, for n memories at once, whether each key enters and in which slot.
 
     Args:
@@ -108,60 +84,119 @@ def admission(
         age: ``(n, C)`` ages, -1 for empty slots.
 
     Returns:
-        ``admit`` ``(n,)`` bool, ``slot`` ``(n,)`` int, ``filled`` ``(n,)`` int (entries before
-        this step). A non-finite key is never admitted. With room, the next empty slot is used;
-        when full, the key replaces the smallest priority only if it is strictly greater (ties go
-        to the lowest slot index).
+        ``admit`` ``(n,)`` bool, ``slot`` ``(n,)`` int64, ``filled`` ``(n,)`` int64 (entries
+        before this step). A non-finite key is never admitted. With room, the next empty slot is
+        used; when full, the key replaces the smallest priority only if it is strictly greater
+        (ties go to the lowest slot index).
     """
-    capacity = priority.shape[1]
     filled = (age >= 0).sum(1)
-    has_room = filled < capacity
+    has_room = filled < priority.shape[1]
     smallest_slot = priority.argmin(1)  # the first index among equal minima
-    smallest = priority.min(1)
+    smallest = priority.gather(1, smallest_slot[:, None]).squeeze(1)
     # Slots are filled in order 0, 1, ... and never emptied, so the first empty one is `filled`.
-    slot = np.where(has_room, filled, smallest_slot)
-    with np.errstate(invalid="ignore"):
-        admit = np.isfinite(keys) & (has_room | (keys > smallest))
+    slot = torch.where(has_room, filled, smallest_slot)
+    admit = torch.isfinite(keys) & (has_room | (keys > smallest))
     return admit, slot, filled
 
 
-def update_bookkeeping_(
-    keys: np.ndarray,
-    priority: np.ndarray,
-    age: np.ndarray,
-    admit: np.ndarray,
-    slot: np.ndarray,
+def coefficients(aggr: str, filled: Tensor, kappa: float) -> tuple[Tensor, Tensor]:
+    """``(c, s)``, each ``(n,)`` float64, such that the direction is ``(g + c * S) * s`` with S
+    the sum of the n = ``filled`` stored gradients. With an empty memory it is g itself."""
+    n = filled.to(torch.float64)
+    empty = filled == 0
+    if aggr == "mean":
+        c = torch.full_like(n, kappa)
+        s = 1.0 / (n + 1.0)
+    elif aggr in ("sum", "mid"):
+        c = kappa / n.clamp(min=1.0)
+        s = torch.full_like(n, 1.0 if aggr == "sum" else 0.5)
+    else:
+        raise ValueError(f"aggr must be one of {AGGREGATIONS}, got {aggr!r}")
+    return torch.where(empty, 0.0, c), torch.where(empty, 1.0, s)
+
+
+def directions(
+    grads: list[Tensor], scaled_sums: list[Tensor], b: list[Tensor], s: list[Tensor] | None
+) -> list[Tensor]:
+    """``s * g + b * T`` for each tensor (``s`` None means 1), in the gradients' dtypes, with T
+    the scaled sum and ``b = c * s / scale``: the direction ``(g + c * S) * s``, written so that
+    no intermediate overflows where the direction does not."""
+    if s is None:
+        out = torch._foreach_addcmul(grads, scaled_sums, b)
+    else:
+        out = torch._foreach_mul(scaled_sums, b)
+        torch._foreach_addcmul_(out, grads, s)
+    return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(out, grads)]
+
+
+def write_slot_(
+    store: Tensor, scaled_sum: Tensor, grad: Tensor, slot: Tensor, admit: Tensor, scale: float
+) -> None:
+    """Where ``admit``: ``store[slot] = grad`` and the scaled sum gains the new entry and loses the
+    one it replaced (zeros while the memory has room). Otherwise nothing changes: the entry is
+    written back as it was and the sum gains exactly 0. ``slot`` is a ``(1,)`` index and
+    ``admit`` a 0-d bool, both on the store's device."""
+    old = store.index_select(0, slot)
+    new = torch.where(admit, grad.to(store.dtype).unsqueeze(0), old)
+    # Each term scaled before the difference: no intermediate exceeds the stored magnitudes.
+    # (In the sum's dtype: a bfloat16 store's entries are summed in float32.)
+    scaled_sum.add_(torch.mul(new[0].to(scaled_sum.dtype), scale).sub_(old[0], alpha=scale))
+    store.index_copy_(0, slot, new)
+
+
+def resync_(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> None:
+    """Recompute the scaled sum exactly from the store on one chunk of its elements.
+
+    ``sum += new - evicted`` accumulates rounding error; each call recomputes a rotating chunk of
+    ``1 / (RESYNC_PER_SLOT * C)`` of the elements (chosen by the device counter ``count``), so
+    every element is exact again at least once every ``RESYNC_PER_SLOT * C`` steps, at the cost
+    of one pass over ``1 / RESYNC_PER_SLOT`` of the elements per step whatever C is.
+    """
+    numel = scaled_sum.numel()
+    if numel == 0:
+        return
+    capacity = store.shape[0]
+    period = RESYNC_PER_SLOT * capacity
+    length = -(-numel // period)
+    start = (count % period) * length
+    index = (start + torch.arange(length, device=store.device)) % numel
+    chunk = store.reshape(capacity, numel).index_select(1, index)
+    exact = (chunk.to(scaled_sum.dtype) * scale).sum(0)
+    scaled_sum.view(-1).index_copy_(0, index, exact)
+
+
+def bookkeeping(
+    keys: Tensor,
+    priority: Tensor,
+    age: Tensor,
+    admit: Tensor,
+    slot: Tensor,
+    filled: Tensor,
     decay: float,
-) -> np.ndarray:
-    """Admit, decay and age in place; returns the ages of the entries that admissions evicted.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Admit, decay and age: the new ``(n, C)`` priorities and ages, and the ``(n, 6)`` increment
+    of the statistics (see :data:`STAT_FIELDS`).
 
     The admitted key takes its slot with age 0, then every priority is multiplied by ``decay``
-    and every filled entry ages by one step. The returned ``(n,)`` holds the age of the entry each
-    admission overwrote, -1 where none was overwritten.
+    and every filled entry ages by one step.
     """
-    rows = np.arange(len(keys))
-    old_age = age[rows, slot]
-    priority[rows, slot] = np.where(admit, keys, priority[rows, slot])
-    age[rows, slot] = np.where(admit, 0, old_age)
-    priority *= decay
-    age += age >= 0
-    return np.where(admit, old_age, -1)
-
-
-def add_statistics_(
-    stats: np.ndarray,
-    keys: np.ndarray,
-    admit: np.ndarray,
-    filled: np.ndarray,
-    capacity: int,
-    evicted_age: np.ndarray,
-) -> None:
-    """Add one step to the ``(n, len(STAT_FIELDS))`` counts, in place."""
-    finite = np.isfinite(keys)
-    evicted = evicted_age >= 0
-    stats[:, 0] += 1  # offered
-    stats[:, 1] += admit  # admitted
-    stats[:, 2] += finite & (filled >= capacity) & ~admit  # rejected when full
-    stats[:, 3] += ~finite  # nonfinite
-    stats[:, 4] += evicted  # evicted
-    stats[:, 5] += np.where(evicted, evicted_age, 0)  # evicted_age_sum
+    capacity = priority.shape[1]
+    taken = (torch.arange(capacity, device=slot.device) == slot[:, None]) & admit[:, None]
+    old_age = age.gather(1, slot[:, None]).squeeze(1)
+    priority = torch.where(taken, keys[:, None], priority) * decay
+    age = torch.where(taken, 0, age)
+    age = age + (age >= 0).to(age.dtype)
+    finite = torch.isfinite(keys)
+    evicted = admit & (old_age >= 0)
+    increment = torch.stack(
+        [
+            torch.ones_like(admit),
+            admit,
+            finite & (filled >= capacity) & ~admit,  # rejected when full
+            ~finite,
+            evicted,
+        ],
+        1,
+    ).to(torch.int64)
+    evicted_age = torch.where(evicted, old_age, 0)
+    return priority, age, torch.cat([increment, evicted_age[:, None]], 1)

@@ -1,107 +1,59 @@
 """Give any torch optimizer a memory of critical gradients.
 
-:class:`CriticalGradients` wraps an existing ``torch.optim.Optimizer``. At each step it replaces
-every gradient by an aggregate of that gradient and the memory, lets the wrapped optimizer run its
-own unmodified update, puts the user's gradient back and offers it to the memory. The math lives
-in :mod:`critgrad.memory`; this file gathers per-parameter state and calls it.
+:class:`CriticalGradients` wraps an existing ``torch.optim.Optimizer``. At each step it plans the
+memory's work for every parameter group (keys, admission, aggregation coefficients), replaces each
+gradient by the aggregate of itself and the memory, lets the wrapped optimizer run its own
+unmodified update, puts the user's gradient back and commits the plan to the memory. The math
+lives in :mod:`critgrad.memory`; this file gathers the per-parameter state and calls it.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import inspect
+import itertools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _fused, _kernels
+from . import _state as S
 from . import memory as M
+from ._compile import CompiledStep
+from ._state import AGE, MEMORY_STATE_KEYS, PRIORITY, SCALED_SUM, STATS, STORE, memory_dtypes
+from .options import MEMORY_OPTIONS, check_memory_options, key_from_synced
 
-MEMORY_OPTIONS = ("topC", "decay", "kappa", "aggr", "key", "store_dtype")
-"""Per-group hyperparameters of the memory; they live in ``param_groups`` beside ``lr``."""
-
-MEMORY_STATE_KEYS = (
-    "critical_store",
-    "critical_sum",
-    "critical_priority",
-    "critical_age",
-    "critical_stats",
-)
-"""Per-parameter memory state; saved under these keys inside the usual per-parameter entries."""
-
-# The running sum of the store is updated as ``sum += new - evicted``, which accumulates rounding
-# error; it is recomputed from the store after every ``_RESYNC_PER_SLOT * topC`` evictions, which
-# costs topC reads every that many steps: a constant fraction of a pass per step whatever topC is.
-_RESYNC_PER_SLOT = 8
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# (The helpers that lived here before, still importable from here.)
+__all__ = [
+    "MEMORY_OPTIONS",
+    "MEMORY_STATE_KEYS",
+    "CriticalGradients",
+    "check_memory_options",
+    "key_from_synced",
+    "memory_dtypes",
+]
 
 
-def check_memory_options(options: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first invalid memory hyperparameter and its allowed values."""
-    topC = options["topC"]
-    if isinstance(topC, bool) or not isinstance(topC, int) or topC < 1:
-        raise ValueError(f"Invalid topC: {topC!r} (must be an integer >= 1)")
-    decay = options["decay"]
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
-        raise ValueError(f"Invalid decay: {decay!r} (must be a number in [0, 1])")
-    kappa = options["kappa"]
-    if (
-        isinstance(kappa, bool)
-        or not isinstance(kappa, (int, float))
-        or not math.isfinite(kappa)
-        or kappa < 0
-    ):
-        raise ValueError(f"Invalid kappa: {kappa!r} (must be a finite number >= 0)")
-    if options["aggr"] not in M.AGGREGATIONS:
-        raise ValueError(f"Invalid aggr: {options['aggr']!r} (must be one of {M.AGGREGATIONS})")
-    if options["key"] not in M.KEY_MODES:
-        raise ValueError(f"Invalid key: {options['key']!r} (must be one of {M.KEY_MODES})")
-    store_dtype = options["store_dtype"]
-    if store_dtype is not None and (
-        not isinstance(store_dtype, torch.dtype) or not store_dtype.is_floating_point
-    ):
-        raise ValueError(
-            f"Invalid store_dtype: {store_dtype!r} (must be None or a floating "
-            "point torch.dtype such as torch.bfloat16)"
-        )
+class _Plan(NamedTuple):
+    """One group's step, decided before anything changes: the memories offered a gradient, their
+    keys, the admission (which slot, admitted or not), and the aggregation coefficients."""
 
-
-def key_from_synced(synced: bool | None, key: str | None) -> str:
-    """Resolve the reference package's ``synced`` flag and the explicit ``key`` into one mode."""
-    if synced is not None and not isinstance(synced, bool):
-        raise ValueError(f"Invalid synced: {synced!r} (must be True, False or None)")
-    implied = None if synced is None else ("sum_of_norms" if synced else "per_tensor")
-    if key is None:
-        return implied or "sum_of_norms"
-    if implied is not None and implied != key:
-        raise ValueError(
-            f"synced={synced} means key={implied!r}, but key={key!r} was given; "
-            "pass only one of them"
-        )
-    return key
-
-
-def memory_dtypes(param: Tensor, group: Mapping[str, Any]) -> dict[str, torch.dtype]:
-    """The dtype of each memory tensor of ``param`` (one rule for creation and for reload)."""
-    store_dtype = group["store_dtype"] or param.dtype
-    if store_dtype in _LOW_PRECISION or param.dtype in _LOW_PRECISION:
-        # A low-precision store keeps an exact float32 sum of what it holds.
-        sum_dtype = torch.promote_types(
-            torch.promote_types(param.dtype, store_dtype), torch.float32
-        )
-    else:
-        sum_dtype = torch.promote_types(param.dtype, store_dtype)
-    return {
-        "critical_store": store_dtype,
-        "critical_sum": sum_dtype,
-        "critical_priority": torch.float64,
-        "critical_age": torch.int64,
-        "critical_stats": torch.int64,
-    }
+    group: dict[str, Any]
+    params: list[Tensor]  # each once, with a gradient
+    grads: list[Tensor]
+    memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
+    new: list[bool]  # the memory enters the state when the plan is committed
+    keys: Tensor  # (n,) float64
+    priority: Tensor  # (n, topC)
+    age: Tensor  # (n, topC)
+    stats: Tensor  # (n, len(STAT_FIELDS))
+    admit: Tensor  # (n,) bool
+    slot: Tensor  # (n,) int64
+    filled: Tensor  # (n,) int64, entries before this step
+    b: list[Tensor]  # per tensor, 0-d: the direction is s * g + b * (scaled sum)
+    s: list[Tensor] | None  # per tensor, 0-d: None means 1
 
 
 class CriticalGradients(Optimizer):
@@ -127,7 +79,9 @@ class CriticalGradients(Optimizer):
 
     Args:
         optimizer: the torch optimizer to give a memory; its ``param_groups`` and ``state`` are
-            used as they are (LR schedulers see the same group dicts).
+            used as they are (LR schedulers see the same group dicts). Attributes and methods the
+            wrapper does not define (e.g. schedule-free's ``train()``/``eval()``) are the base's.
+            Optimizers that must re-evaluate a closure inside their step (LBFGS) are refused.
         topC (int): how many gradients each parameter keeps (default: 10).
         decay (float): priority decay per step, in [0, 1] (default: 0.7).
         kappa (float): weight of the memory, >= 0 (default: 1.0). ``kappa=0`` switches the memory
@@ -137,21 +91,22 @@ class CriticalGradients(Optimizer):
         key (str): ``"sum_of_norms"`` (one key per group: the sum of the tensors' norms; the
             reference package's ``synced=True``), ``"per_tensor"`` (``synced=False``) or
             ``"global_norm"`` (one key per group: the L2 norm of all its gradients together)
-            (default: ``"sum_of_norms"``).
+            (default: ``"sum_of_norms"``). Norms are computed in the gradients' precision
+            (float32 at least).
         store_dtype (torch.dtype, optional): dtype of the stored gradients, e.g. ``torch.bfloat16``
-            to halve the memory (their running sum is then kept exactly in float32). Default: the
+            to halve the memory (their running sum is then kept in float32). Default: the
             parameter's dtype.
-        compile (bool): run the memory's elementwise work (aggregate, running sum, store) as one
-            ``torch.compile``-d pass per tensor instead of several foreach operations (default:
-            False). Faster on large models; the first step pays the compilation (seconds).
+        compile (bool): run the whole step, memory and wrapped optimizer together, as
+            ``torch.compile``-d code (default: False). Faster on large models; the first steps
+            pay the compilation (seconds). ``last_step_implementation`` says which ran
+            (``"eager"`` or ``"compiled"``).
 
     All of these can also be given per parameter group, and changed between steps (``topC`` and
     ``store_dtype`` only before the group's first step).
 
-    The stored gradients and their running sum live on each parameter's device; the bookkeeping
-    (``topC`` priorities and ages per tensor) lives on the host, where the admission decision is
-    taken after one device synchronisation per group and step. ``state_dict()`` holds all of it
-    as tensors inside each parameter's entry, under keys starting with ``critical_``.
+    Everything the memory keeps lives on each parameter's device, as tensors in the parameter's
+    ``state`` under keys starting with ``critical_``: ``step()`` never waits for the device, and
+    traces as one graph under ``torch.compile``. ``opt.memory[p]`` shows a parameter's memory.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -178,6 +133,15 @@ class CriticalGradients(Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
         if isinstance(optimizer, CriticalGradients):
             raise TypeError("optimizer already has a critical-gradient memory")
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        if isinstance(optimizer, torch.optim.LBFGS) or (
+            closure is not None and closure.default is inspect.Parameter.empty
+        ):
+            raise TypeError(
+                f"{type(optimizer).__name__} re-evaluates the loss and gradients inside its step "
+                "(its closure is called several times), so no single gradient can be replaced "
+                "by the memory's aggregate; critgrad cannot wrap it"
+            )
         memory_defaults = {
             "topC": topC,
             "decay": decay,
@@ -191,17 +155,50 @@ class CriticalGradients(Optimizer):
             raise ValueError(f"Invalid compile: {compile!r} (must be True or False)")
         self.base = optimizer
         self.compile = compile
-        self.memory: dict[Tensor, dict[str, Tensor]] = {}
+        self.last_step_implementation: str | None = None
         self._memory_defaults = memory_defaults
-        self._tables: dict[int, _Table] = {}
-        self._last_keys: dict[int, np.ndarray] = {}
-        self._wrapping = True
+        self._compiled: CompiledStep | None = None
         # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
         # add_param_group for each of the base's groups, which we adopt as the very same dicts.
+        self._adopting = True
         super().__init__(optimizer.param_groups, {**optimizer.defaults, **memory_defaults})
-        self._wrapping = False
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
+        self._adopting = False
+
+    # ---------------------------------------------------------------- the base's state is ours
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        if not self._adopting:  # Optimizer.__init__ starts from an empty list: keep the base's
+            self.base.param_groups = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.base.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if not self._adopting:
+            self.base.state = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the wrapper does not define. Private names stay unanswered:
+        # e.g. GradScaler must not believe that the wrapper unscales (fused bases' flag).
+        base = self.__dict__.get("base")
+        if base is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(base, name)
+
+    @property
+    def memory(self) -> Mapping[Tensor, dict[str, Tensor]]:
+        """Read-only: for each parameter with a memory, ``critical_store``, ``critical_sum`` (the
+        sum of the stored gradients, from the state's scaled sum: inf where the sum itself
+        exceeds the dtype's range), ``critical_priority``, ``critical_age`` and
+        ``critical_stats``, read from its state."""
+        return S.MemoryView(self)
 
     # ---------------------------------------------------------------- torch.optim API
 
@@ -212,19 +209,14 @@ class CriticalGradients(Optimizer):
             name: param_group.get(name, default) for name, default in self._memory_defaults.items()
         }
         check_memory_options(options)
-        if self._wrapping:
-            self.param_groups.append(param_group)
-        else:
+        if not self._adopting:
             self.base.add_param_group(param_group)
             param_group = self.base.param_groups[-1]
         for name, value in options.items():
             param_group.setdefault(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        return {**self.__dict__, "_compiled": None}  # compiled code is rebuilt where it runs
 
     def __repr__(self) -> str:
         # The base's repr already lists every group option, the memory's included.
@@ -243,43 +235,27 @@ class CriticalGradients(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        offers = []
-        for index, group in enumerate(self.param_groups):
-            offer = self._offer(index, group)
-            if offer is not None:
-                offers.append(offer)
-        if self._fused_step(offers):
-            return loss
-        for offer in offers:
-            if offer.compiled:
-                self._compiled_pass(offer)
-            else:
-                offer.directions = self._directions(offer)
-        try:
-            for offer in offers:
-                offer.swap_in()
-            self.base.step()
-        finally:
-            for offer in offers:
-                offer.swap_out()
-        for offer in offers:
-            if not offer.compiled:
-                self._store(offer)
-            self._finish(offer)
+        # The one place that chooses how the step runs. A step that creates memories runs eagerly:
+        # compiling it would cost a graph that never runs again.
+        if self.compile and not self._creates_memories():
+            if self._compiled is None:
+                self._compiled = CompiledStep(self._memory_step)
+            created = self._compiled()
+            self.last_step_implementation = "compiled" if self._compiled.ran_compiled else "eager"
+        else:
+            created = self._memory_step()
+            self.last_step_implementation = "eager"
+        if created:  # first offers: only then is the state's structure changed
+            S.insert(self.state, created)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict, with the memory inside each parameter's entry."""
+        """The wrapped optimizer's state dict, the memory inside each parameter's entry (keys
+        starting with ``critical_``). Each entry is a new dict, so editing the returned dict
+        (converting, pruning) leaves this optimizer as it was; the tensors are the live ones, as
+        in torch."""
         state_dict = self.base.state_dict()
-        index = 0
-        packed = dict(state_dict["state"])
-        for group in self.param_groups:
-            for p in group["params"]:
-                mem = self.memory.get(p)
-                if mem is not None:
-                    packed[index] = {**packed.get(index, {}), **mem}
-                index += 1
-        state_dict["state"] = packed
+        state_dict["state"] = {index: dict(entry) for index, entry in state_dict["state"].items()}
         return state_dict
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -291,80 +267,36 @@ class CriticalGradients(Optimizer):
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, this "
-                f"optimizer has {len(self.param_groups)}"
+                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer "
+                f"has {len(self.param_groups)}"
             )
-        params = [p for group in self.param_groups for p in group["params"]]
-        base_state: dict[Any, Any] = {}
-        memory_state: dict[int, dict[str, Tensor]] = {}
+        ids = itertools.chain.from_iterable(g["params"] for g in saved_groups)
+        param_of = dict(zip(ids, (p for g in self.param_groups for p in g["params"])))
+        topC_of = {p: g["topC"] for g in self.param_groups for p in g["params"]}
+        store_dtype_of = {i: g.get("store_dtype") for g in saved_groups for i in g["params"]}
+        memory, rest = {}, {}
         for index, entry in state_dict["state"].items():
-            memory_part = {k: v for k, v in entry.items() if k in MEMORY_STATE_KEYS}
-            rest = {k: v for k, v in entry.items() if k not in MEMORY_STATE_KEYS}
-            if memory_part:
-                memory_state[index] = memory_part
-            if rest:
-                base_state[index] = rest
-        group_of = {}
-        index = 0
-        for group, saved in zip(self.param_groups, saved_groups):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't "
-                    "match the size of the optimizer's group"
-                )
-            saved_topC = saved.get("topC", group["topC"])
-            for _ in group["params"]:
-                if index in memory_state and saved_topC != group["topC"]:
-                    raise ValueError(
-                        f"the state was saved with topC={saved_topC}, this optimizer "
-                        f"has topC={group['topC']}; construct it with "
-                        f"topC={saved_topC} to resume"
-                    )
-                group_of[index] = saved
-                index += 1
-        for index, mem in memory_state.items():
-            p = params[index]
-            store = mem["critical_store"]
-            if tuple(store.shape[1:]) != tuple(p.shape):
-                raise ValueError(
-                    f"the saved memory of parameter {index} holds gradients of shape "
-                    f"{tuple(store.shape[1:])}, the parameter has shape "
-                    f"{tuple(p.shape)}: the state was saved for other parameters"
-                )
+            saved = {k: v for k, v in entry.items() if k.startswith("critical_")}
+            rest[index] = {k: v for k, v in entry.items() if not k.startswith("critical_")}
+            if saved and index in param_of:  # (else the base refuses the state below)
+                p = param_of[index]
+                memory[p] = S.checked(saved, p, topC_of[p], store_dtype_of[index], index)
         old_groups = self.param_groups
-        self.base.load_state_dict({**state_dict, "state": base_state})
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
+        self.base.load_state_dict({**state_dict, "state": {i: e for i, e in rest.items() if e}})
         for group, old in zip(self.param_groups, old_groups):
             # A state saved by the plain optimizer has no memory options: keep the current ones.
             for name in MEMORY_OPTIONS:
                 group.setdefault(name, old[name])
-        self.memory = {}
-        self._tables = {}
-        self._last_keys = {}
-        index = 0
-        for group_index, group in enumerate(self.param_groups):
-            for row, p in enumerate(group["params"]):
-                mem = memory_state.get(index)
-                index += 1
-                if mem is None:
-                    continue
-                table = self._table_of(group_index, group)
-                dtypes = memory_dtypes(p, group)
-                loaded = {
-                    k: mem[k].to(device=p.device, dtype=dtypes[k], copy=True)
-                    for k in ("critical_store", "critical_sum")
-                }
-                views = table.row(row)
-                for k, view in views.items():
-                    view.copy_(mem[k].to(dtype=view.dtype))
-                self.memory[p] = {**loaded, **views}
+            for p in group["params"]:
+                if p in memory:
+                    self.state[p].update(S.restored(memory[p], p, group))
 
     # ---------------------------------------------------------------- statistics
 
     @torch.no_grad()
     def memory_stats(self) -> list[dict[str, Any]]:
-        """Statistics of the memory, one dict per parameter group.
+        """Statistics of the memory, one dict per parameter group (reads the device: not for
+        every step of a fast loop).
 
         Counts are of tensor-gradients: a group of 3 tensors offers 3 gradients per step.
 
@@ -376,136 +308,72 @@ class CriticalGradients(Optimizer):
         - ``filled``, ``capacity``: entries held now and ``topC`` x tensors;
         - ``mean_age``, ``max_age``: ages in steps of the entries held now (None when empty);
         - ``min_priority``, ``mean_priority``: of the entries held now (after this step's decay);
-        - ``last_key``: the mean key of the gradients offered at the last step, to set against
-          the priorities (None before the first offer).
-
-        Computed on the host from the bookkeeping; no device synchronisation.
+        - ``last_key``: the mean over tensors of the key each was last offered with, to set
+          against the priorities (None before the first offer).
         """
-        results = []
-        for index, group in enumerate(self.param_groups):
-            table = self._tables.get(index)
-            row: dict[str, Any] = dict.fromkeys(M.STAT_FIELDS, 0)
-            row.update(
-                filled=0,
-                capacity=group["topC"] * len(group["params"]),
-                mean_age=None,
-                max_age=None,
-                mean_eviction_age=None,
-                min_priority=None,
-                mean_priority=None,
-                last_key=None,
-            )
-            if table is not None:
-                for name, value in zip(M.STAT_FIELDS, table.stats.sum(0).tolist()):
-                    row[name] = value
-                held = table.age[table.age >= 0]
-                row["filled"] = int(held.size)
-                if held.size:
-                    row["mean_age"] = float(held.mean())
-                    row["max_age"] = int(held.max())
-                filled = table.age >= 0
-                if filled.any():
-                    row["min_priority"] = float(table.priority[filled].min())
-                    row["mean_priority"] = float(table.priority[filled].mean())
-                keys = self._last_keys.get(index)
-                if keys is not None:
-                    row["last_key"] = float(keys.mean())
-            if row["evicted"]:
-                row["mean_eviction_age"] = row["evicted_age_sum"] / row["evicted"]
-            del row["evicted_age_sum"]
-            results.append(row)
-        return results
+        return [S.statistics(group, self.state) for group in self.param_groups]
 
     # ---------------------------------------------------------------- the memory
 
-    def _group_index(self, param: Tensor) -> int:
-        for index, group in enumerate(self.param_groups):
-            if any(param is p for p in group["params"]):
-                return index
-        raise KeyError("parameter not in this optimizer")
+    def _memory_step(self) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """Plan every group, then apply the plans: the step that ``compile=True`` compiles.
+        Returns the memories created for parameters offered a gradient for the first time."""
+        plans = []
+        for group in self.param_groups:
+            plan = self._plan(group)
+            if plan is not None:
+                plans.append(plan)
+        self._apply(plans)
+        return [
+            (p, memory)
+            for plan in plans
+            for p, memory, new in zip(plan.params, plan.memories, plan.new)
+            if new
+        ]
 
-    def _table_of(self, index: int, group: Mapping[str, Any]) -> _Table:
-        """The group's bookkeeping (priorities, ages, counts), created empty the first time."""
-        table = self._tables.get(index)
-        n, topC = len(group["params"]), group["topC"]
-        if table is None:
-            table = _Table(n, topC)
-            self._tables[index] = table
-        elif table.priority.shape != (n, topC):
-            raise ValueError(
-                f"parameter group {index} changed after its memory was created (it had "
-                f"{table.priority.shape[0]} tensors and topC={table.priority.shape[1]}, now "
-                f"{n} and topC={topC}); topC can only be set before the group's first step and "
-                "parameters are added with add_param_group"
-            )
-        return table
+    def _creates_memories(self) -> bool:
+        """Whether this step offers some parameter its first gradient."""
+        state = self.state
+        return any(
+            p.grad is not None and STORE not in state.get(p, ())
+            for group in self.param_groups
+            if group["kappa"] != 0
+            for p in group["params"]
+        )
 
-    def _memory_of(
-        self, param: Tensor, group: Mapping[str, Any], table: _Table, row: int
-    ) -> dict[str, Tensor]:
-        """The memory state of ``param``, created empty on its device the first time."""
-        mem = self.memory.get(param)
-        if mem is None:
-            dtypes = memory_dtypes(param, group)
-            mem = {
-                "critical_store": torch.zeros(
-                    (group["topC"], *param.shape),
-                    dtype=dtypes["critical_store"],
-                    device=param.device,
-                ),
-                "critical_sum": torch.zeros_like(
-                    param, dtype=dtypes["critical_sum"], memory_format=torch.preserve_format
-                ),
-                **table.row(row),
-            }
-            self.memory[param] = mem
-        return mem
-
-    def _offer(self, index: int, group: dict[str, Any]) -> _Offer | None:
-        """Decide admission for the group's gradients and build the directions (no state change)."""
+    def _plan(self, group: dict[str, Any]) -> _Plan | None:
+        """Decide the group's step: nothing changes here."""
         check_memory_options(group)
         if group["kappa"] == 0:
             return None
-        rows = [i for i, p in enumerate(group["params"]) if p.grad is not None]
-        if not rows:
+        params = list(dict.fromkeys(p for p in group["params"] if p.grad is not None))
+        if not params:
             return None
-        params = [group["params"][i] for i in rows]
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
             raise RuntimeError(
                 "critgrad does not support sparse gradients; give the sparse "
                 "parameters their own group with kappa=0"
             )
-        table = self._table_of(index, group)
-        mems = [self._memory_of(p, group, table, i) for p, i in zip(params, rows)]
-        if all(g.dtype in (torch.float32, torch.float64) for g in grads):
-            norms = torch._foreach_norm(grads)
-        else:  # low-precision gradients: accumulate their norms in float32 at least
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        if len({n.device for n in norms}) > 1:
-            norms = [n.to(grads[0].device) for n in norms]
-        keys = M.keys_from_norms(torch.stack(norms).to(torch.float64), group["key"])
-        # The only host synchronisation of the step for this group.
-        keys = keys.cpu().numpy()
-        if len(rows) == len(group["params"]):
-            row_index = None  # the usual case: every tensor has a gradient, work on the table
-            priority, age, stats = table.priority, table.age, table.stats
-        else:
-            row_index = np.asarray(rows)
-            priority, age, stats = (
-                table.priority[row_index],
-                table.age[row_index],
-                table.stats[row_index],
-            )
-        self._last_keys[index] = keys
+        memories, new = [], []
+        for p in params:
+            memory = self._memory_of(p, group)
+            memories.append(memory)
+            new.append(memory is not self.state.get(p))
+        keys = M.keys_from_norms(_norms(grads), group["key"])
+        device = keys.device
+        priority, age, stats = (
+            torch.stack([m[name].to(device) for m in memories]) for name in (PRIORITY, AGE, STATS)
+        )
         admit, slot, filled = M.admission(keys, priority, age)
-        evicted_column = M.STAT_FIELDS.index("evicted")
-        offer = _Offer(
-            index,
+        c, s = M.coefficients(group["aggr"], filled, group["kappa"])
+        b = c * s / M.sum_scale(group["topC"])
+        return _Plan(
             group,
             params,
             grads,
-            mems,
+            memories,
+            new,
             keys,
             priority,
             age,
@@ -513,198 +381,127 @@ class CriticalGradients(Optimizer):
             admit,
             slot,
             filled,
-            admit.tolist(),
-            slot.tolist(),
-            filled.tolist(),
-            stats[:, evicted_column].tolist(),
-        )
-        offer.table, offer.row_index = table, row_index
-        offer.compiled = self.compile and len({g.device for g in grads}) == 1
-        return offer
-
-    def _directions(self, offer: _Offer) -> list[Tensor | None]:
-        """The aggregate for each gradient (None where it is the gradient itself)."""
-        group = offer.group
-        directions: list[Tensor | None] = [None] * len(offer.params)
-        # Gradients whose memories hold the same count share coefficients: one foreach call each.
-        by_coefficients: dict[tuple[float, float], list[int]] = {}
-        for i, n in enumerate(offer.filled_host):
-            c, s = M.aggregation_coefficients(group["aggr"], n, group["kappa"])
-            if c != 0.0 or s != 1.0:
-                by_coefficients.setdefault((c, s), []).append(i)
-        for (c, s), rows in by_coefficients.items():
-            grads = [offer.grads[i] for i in rows]
-            sums = [offer.mems[i]["critical_sum"] for i in rows]
-            if all(g.dtype == m.dtype for g, m in zip(grads, sums)):
-                out = torch._foreach_add(grads, sums, alpha=c)
-                if s != 1.0:
-                    torch._foreach_mul_(out, s)
-            else:
-                out = [torch.add(g, m, alpha=c).mul_(s).to(g.dtype) for g, m in zip(grads, sums)]
-            for i, d in zip(rows, out):
-                directions[i] = d
-        return directions
-
-    def _fused_step(self, offers: list[_Offer]) -> bool:
-        """Run the memory and the base update as one compiled pass, where that is supported.
-
-        Only with ``compile=True``, for SGD, Adam and AdamW, and when every group takes part (a
-        group left to the base's own step would otherwise be stepped twice).
-        """
-        if not (
-            self.compile
-            and offers
-            and len(offers) == len(self.param_groups)
-            and all(offer.compiled for offer in offers)
-        ):
-            return False
-        kind = _fused.kind_of(self.base, offers)
-        if kind is None:
-            return False
-        for offer in offers:
-            _fused.step(self.base, offer, kind)
-            self._finish(offer)
-        return True
-
-    def _compiled_pass(self, offer: _Offer) -> None:
-        """Directions and admission writes for the group in one compiled pass per tensor."""
-        group = offer.group
-        rows = []
-        for n, admitted in zip(offer.filled_host, offer.admit_host):
-            c, s = M.aggregation_coefficients(group["aggr"], n, group["kappa"])
-            rows.append((c, s, float(admitted)))
-        device = offer.grads[0].device
-        coefficients = torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
-        slots = [m["critical_store"][slot] for m, slot in zip(offer.mems, offer.slot_host)]
-        sums = [m["critical_sum"] for m in offer.mems]
-        offer.directions = _kernels.run_compiled(
-            _kernels.memory_pass, offer.grads, sums, slots, coefficients
+            _spread(b, params),
+            None if group["aggr"] == "sum" else _spread(s, params),
         )
 
-    def _store(self, offer: _Offer) -> None:
-        """Write the admitted gradients into their slots and the running sums (eager path)."""
-        slots, sums, grads, evicting = [], [], [], []
-        for i, admitted in enumerate(offer.admit_host):
-            if not admitted:
-                continue
-            mem = offer.mems[i]
-            slots.append(mem["critical_store"][offer.slot_host[i]])
-            sums.append(mem["critical_sum"])
-            grads.append(offer.grads[i])
-            if offer.filled_host[i] == offer.group["topC"]:
-                evicting.append(len(slots) - 1)
-        if evicting:
-            torch._foreach_sub_([sums[j] for j in evicting], [slots[j] for j in evicting])
-        if slots:
-            torch._foreach_copy_(slots, grads)
-            torch._foreach_add_(sums, slots)
-
-    def _finish(self, offer: _Offer) -> None:
-        """Bound the running sums' drift, then decay priorities, age entries, count."""
-        topC = offer.group["topC"]
-        resync_every = _RESYNC_PER_SLOT * topC
-        for i, admitted in enumerate(offer.admit_host):
-            if (
-                admitted
-                and offer.filled_host[i] == topC
-                and (offer.evicted_host[i] + 1) % resync_every == 0
-            ):
-                mem = offer.mems[i]
-                torch.sum(
-                    mem["critical_store"],
-                    dim=0,
-                    dtype=mem["critical_sum"].dtype,
-                    out=mem["critical_sum"],
+    def _memory_of(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The parameter's state if it holds a memory, else a new empty memory (not yet in it)."""
+        state = self.state.get(p)
+        if state is not None and STORE in state:
+            store = state[STORE]
+            expected = group["store_dtype"] or p.dtype
+            if store.shape[0] != group["topC"] or store.dtype != expected:
+                raise ValueError(
+                    f"topC and store_dtype can only be set before a group's first step: the "
+                    f"memory holds topC={store.shape[0]} gradients as {store.dtype}, the group "
+                    f"now says topC={group['topC']}, store_dtype={group['store_dtype']}"
                 )
-        evicted_age = M.update_bookkeeping_(
-            offer.keys, offer.priority, offer.age, offer.admit, offer.slot, offer.group["decay"]
+            return state
+        return S.new_memory(p, group)
+
+    def _apply(self, plans: list[_Plan]) -> None:
+        """Give the base the directions as gradients, run it, give the gradients back, commit."""
+        directions = [
+            M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.b, plan.s)
+            for plan in plans
+        ]
+        # Traced, assigning p.grad would force a graph break before the base step (torch's
+        # optimizers read the real p.grad while tracing): the direction is written into the
+        # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
+        in_place = torch.compiler.is_compiling()
+        raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
+        try:
+            for plan, group_directions in zip(plans, directions):
+                if in_place:
+                    torch._foreach_copy_(plan.grads, group_directions)
+                else:
+                    for p, d in zip(plan.params, group_directions):
+                        p.grad = d
+            _unhooked_step(self.base)()
+        finally:
+            for plan, raw in zip(plans, raws):
+                if in_place:
+                    torch._foreach_copy_(plan.grads, raw)
+                else:
+                    for p, g in zip(plan.params, plan.grads):
+                        p.grad = g
+        # The one moment the memory changes: after the base step succeeded.
+        for plan, raw in zip(plans, raws):
+            self._commit(plan, raw)
+
+    def _commit(self, plan: _Plan, grads: list[Tensor]) -> None:
+        """Write the admitted gradients, bound the sums' drift, update the bookkeeping."""
+        scale = M.sum_scale(plan.group["topC"])
+        slots = _spread(plan.slot[:, None], plan.params)
+        admits = _spread(plan.admit, plan.params)
+        counts = _spread(plan.stats[:, 0], plan.params)
+        for i, memory in enumerate(plan.memories):
+            M.write_slot_(memory[STORE], memory[SCALED_SUM], grads[i], slots[i], admits[i], scale)
+            M.resync_(memory[STORE], memory[SCALED_SUM], counts[i], scale)
+        priority, age, increment = M.bookkeeping(
+            plan.keys,
+            plan.priority,
+            plan.age,
+            plan.admit,
+            plan.slot,
+            plan.filled,
+            plan.group["decay"],
         )
-        M.add_statistics_(offer.stats, offer.keys, offer.admit, offer.filled, topC, evicted_age)
-        if offer.row_index is not None:  # worked on copies of some rows: write them back
-            table = offer.table
-            table.priority[offer.row_index] = offer.priority
-            table.age[offer.row_index] = offer.age
-            table.stats[offer.row_index] = offer.stats
+        for name, values in (
+            (PRIORITY, priority),
+            (AGE, age),
+            (STATS, plan.stats + increment),
+            (S.KEY, plan.keys[:, None].to(plan.memories[0][S.KEY].dtype)),
+        ):
+            torch._foreach_copy_([m[name] for m in plan.memories], list(values.unbind(0)))
 
 
-class _Table:
-    """A group's bookkeeping, one row per tensor of the group: priorities, ages and counts.
+def _torch_step_wrappers() -> set[Any]:
+    def step(self: Any) -> None:
+        return None
 
-    It lives on the host, where the admission decision is made (the decision picks which slot of
-    the store, on the parameter's device, to write). The arrays are numpy views of CPU tensors, so
-    each tensor's memory state holds torch views of its row, which ``state_dict`` saves and
-    ``load_state_dict`` restores per parameter.
-    """
-
-    def __init__(self, n: int, topC: int) -> None:
-        self.tensors = {
-            "critical_priority": torch.zeros((n, topC), dtype=torch.float64),
-            "critical_age": torch.full((n, topC), -1, dtype=torch.int64),
-            "critical_stats": torch.zeros((n, len(M.STAT_FIELDS)), dtype=torch.int64),
-        }
-        self._bind()
-
-    def _bind(self) -> None:
-        self.priority = self.tensors["critical_priority"].numpy()
-        self.age = self.tensors["critical_age"].numpy()
-        self.stats = self.tensors["critical_stats"].numpy()
-
-    def row(self, i: int) -> dict[str, Tensor]:
-        return {name: tensor[i] for name, tensor in self.tensors.items()}
-
-    # Copies (deepcopy, pickle) carry the tensors; the numpy views are rebuilt on them, so that
-    # the copy's bookkeeping and the rows its state_dict saves stay one and the same memory.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"tensors": self.tensors}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.tensors = state["tensors"]
-        self._bind()
+    wrappers = {Optimizer.profile_hook_step(step).__code__}
+    try:
+        from torch.optim.optimizer import _use_grad_for_differentiable
+    except ImportError:  # pragma: no cover - other torch versions
+        return wrappers
+    return wrappers | {_use_grad_for_differentiable(step).__code__}
 
 
-class _Offer:
-    """What one group's step decided, carried from before the base step to after it."""
+_TORCH_STEP_WRAPPERS = _torch_step_wrappers()
 
-    def __init__(
-        self,
-        index,
-        group,
-        params,
-        grads,
-        mems,
-        keys,
-        priority,
-        age,
-        stats,
-        admit,
-        slot,
-        filled,
-        admit_host,
-        slot_host,
-        filled_host,
-        evicted_host,
-    ):
-        self.index, self.group, self.params, self.grads, self.mems = (
-            index,
-            group,
-            params,
-            grads,
-            mems,
-        )
-        self.keys, self.priority, self.age, self.stats = keys, priority, age, stats
-        self.admit, self.slot, self.filled = admit, slot, filled
-        self.admit_host, self.slot_host = admit_host, slot_host
-        self.filled_host, self.evicted_host = filled_host, evicted_host
-        self.directions: list[Tensor | None] = []
-        self.compiled = False
-        self.table: _Table | None = None
-        self.row_index: Tensor | None = None
 
-    def swap_in(self) -> None:
-        for p, d in zip(self.params, self.directions):
-            if d is not None:
-                p.grad = d
+def _unhooked_step(optimizer: Optimizer) -> Callable[[], Any]:
+    """The optimizer's own ``step``, without torch's wrappers: the hooks and the profiler's record
+    (they ran around the wrapper's step, and should run once) and the grad-mode switch (the
+    wrapper's step runs without grad already; the switch's deliberate graph breaks would split
+    a traced step in three)."""
+    if "step" in optimizer.__dict__:  # patched on the instance: respect it
+        return optimizer.step
+    step = type(optimizer).step
+    while getattr(step, "__code__", None) in _TORCH_STEP_WRAPPERS:
+        step = step.__wrapped__
+    return functools.partial(step, optimizer)
 
-    def swap_out(self) -> None:
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
+
+def _norms(grads: list[Tensor]) -> Tensor:
+    """``(n,)`` float64: the L2 norm of each gradient, on the first gradient's device."""
+    low = [g.dtype in S.LOW_PRECISION for g in grads]
+    if not any(low):
+        norms = list(torch._foreach_norm(grads))
+    else:  # low-precision gradients: accumulate their norms in float32 at least
+        norms = [
+            torch.linalg.vector_norm(g, dtype=torch.float32) if is_low else torch.linalg.norm(g)
+            for g, is_low in zip(grads, low)
+        ]
+    device = grads[0].device
+    return torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+
+
+def _spread(values: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """The rows of ``values``, one per parameter, each on that parameter's device."""
+    rows = list(values.unbind(0))
+    if any(p.device != values.device for p in params):
+        rows = [row.to(p.device) for row, p in zip(rows, params)]
+    return rows

@@ -24,12 +24,23 @@ def build_pair(cls, kwargs, groups_options, dtype=torch.float64, store_dtype=Non
     return params_fast, fast, params_slow, ReferenceCriticalGradients(slow_base)
 
 
-def assert_same_run(params_fast, fast, params_slow, slow, steps=STEPS, atol=1e-12, rtol=1e-10):
+def assert_same_run(
+    params_fast,
+    fast,
+    params_slow,
+    slow,
+    steps=STEPS,
+    atol=1e-12,
+    rtol=1e-10,
+    implementation="eager",
+):
     for t, grads in enumerate(gradient_sequence(params_fast, steps)):
         set_grads(params_fast, grads)
         set_grads(params_slow, grads)
         fast.step()
         slow.step()
+        if t > 0:  # (the first step, which creates the memories, is always eager)
+            assert fast.last_step_implementation == implementation, f"step {t}: implementation"
         for a, b in zip(params_fast, params_slow):
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"step {t}")
         for a, b in zip(params_fast, params_slow):
@@ -103,3 +114,32 @@ def test_keys_that_tie_go_to_the_first_slot():
     torch.testing.assert_close(p_fast[0], p_slow[0], rtol=0, atol=1e-15)
     # [2, 0] replaced the first of the three tied entries: the store is ([2, 0], [0, 1]).
     assert fast.memory[p_fast[0]]["critical_store"].tolist() == [[2.0, 0.0], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "aggr, expected",
+    [
+        # Memory holds (1, 0) and (0, 3) [steps 1 and 2]; step 3's gradient is (2, 2); kappa 2.
+        # mean(B) = (0.5, 1.5), sum(B) = (1, 3), n = 2.
+        ("sum", [3.0, 5.0]),  # g + kappa * mean(B) = (2, 2) + (1, 3)
+        ("mid", [1.5, 2.5]),  # (g + kappa * mean(B)) / 2
+        ("mean", [4.0 / 3.0, 8.0 / 3.0]),  # (g + kappa * sum(B)) / (n + 1) = (4, 8) / 3
+    ],
+)
+@pytest.mark.parametrize("implementation", [critgrad.CriticalGradients, ReferenceCriticalGradients])
+def test_aggregations_of_two_stored_gradients_by_hand(aggr, expected, implementation):
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    options = dict(topC=4, decay=1.0, kappa=2.0, aggr=aggr, key="per_tensor", store_dtype=None)
+    if implementation is ReferenceCriticalGradients:
+        opt = implementation(torch.optim.SGD([{"params": [p], **options}], lr=1.0))
+    else:
+        opt = implementation(torch.optim.SGD([p], lr=1.0), **options)
+    for g in ([1.0, 0.0], [0.0, 3.0]):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    before = p.detach().clone()
+    p.grad = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    opt.step()
+    torch.testing.assert_close(
+        before - p.detach(), torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )
