@@ -4,7 +4,7 @@ For every problem: optimizer | vanilla | _C, the reported metric's mean +- std o
 optimizer's selected configuration, the better of each pair in bold; beside it the protocol, the
 budget (configurations per optimizer), the seeds, the machine and the wall time; then
 time-to-target, the per-step cost and the memory's admission rate. Selection is recomputed from
-the records with the sweep's own rules (:mod:`critgrad.bench.scoring`), so a report can be made
+the records with the sweep's own rules (:mod:`critgrad.bench.selection`), so a report can be made
 at any time, also from a sweep that is still running.
 """
 
