@@ -80,7 +80,7 @@ def check_memory_options(options: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid topC: {topC!r} (must be an integer >= 1)")
     decay = options["decay"]
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
-        raise ValueError(f"Invalid decay: {decay!r} (must be a finite number in [0, 1])")
+        raise ValueError(f"Invalid decay: {decay!r} (must be a number in [0, 1])")
     kappa = options["kappa"]
     # Comparisons, not math.isfinite: a traced step sees a changing number as a symbol.
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa < math.inf:

@@ -67,7 +67,8 @@ def memory_only_direction(stored: list[list[float]], g: list[float], kappa: floa
 
 @dataclass
 class Memory:
-    """One parameter tensor's memory: slots of [priority, gradient, age], filled in order.
+    """One parameter tensor's memory: slots of [priority, gradient], filled in order, and each
+    slot's age (steps since its entry entered) in ``ages``.
 
     ``selection`` is the rule for a full memory (critical: replace the smallest priority if the
     key is greater; smallest: the largest priority if the key is smaller; recent: the oldest;
@@ -78,6 +79,7 @@ class Memory:
     seed: int = 0
     stream: int = 0
     slots: list[list] = field(default_factory=list)
+    ages: list[int] = field(default_factory=list)
     offers: int = 0
     admitted: int = 0
     rejected: int = 0
@@ -91,7 +93,8 @@ class Memory:
         if not math.isfinite(key):
             return
         if len(self.slots) < self.topC:
-            self.slots.append([key, list(g), 0])
+            self.slots.append([key, list(g)])
+            self.ages.append(0)
             self.admitted += 1
             return
         indices = range(len(self.slots))
@@ -103,7 +106,7 @@ class Memory:
             self.closest_call = min(self.closest_call, gap)
             enters = key > priority if self.selection == "critical" else key < priority
         elif self.selection == "recent":
-            target = min(indices, key=lambda i: (-self.slots[i][2], i))
+            target = min(indices, key=lambda i: (-self.ages[i], i))
             enters = True
         elif self.selection == "random":
             target = random_slot(self.seed, self.stream, counter, self.topC)
@@ -112,7 +115,8 @@ class Memory:
         else:
             raise ValueError(self.selection)
         if enters:
-            self.slots[target] = [key, list(g), 0]
+            self.slots[target] = [key, list(g)]
+            self.ages[target] = 0
             self.admitted += 1
             self.evicted += 1
         else:
@@ -121,11 +125,11 @@ class Memory:
     def decay(self, factor: float) -> None:
         for slot in self.slots:
             slot[0] *= factor
-            slot[2] += 1
+        self.ages = [age + 1 for age in self.ages]
 
     def entries(self) -> list[tuple[float, list[float]]]:
         """(priority, gradient) of every held entry, sorted: independent of slot order."""
-        return sorted((p, list(g)) for p, g, _ in self.slots)
+        return sorted((p, list(g)) for p, g in self.slots)
 
 
 def group_keys(grads: list[list[float]], mode: str) -> list[float]:

@@ -212,7 +212,7 @@ def test_worked_example_3_table_agrees_with_the_plain_model(
         assert after == pytest.approx(list(want), rel=1e-12, abs=1e-12)
     (memory,) = group.memories
     assert [p for p, _ in memory.entries()] == pytest.approx(sorted(p for p, _ in held[0]))
-    assert sorted(age for _, _, age in memory.slots) == held[1]
+    assert sorted(memory.ages) == held[1]
     assert (memory.admitted, memory.rejected, memory.evicted) == counted
     assert group.closest_call() > oracle.TIE_MARGIN
     if selection == "random":
