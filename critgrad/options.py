@@ -67,9 +67,7 @@ def checked_lr(lr: Any) -> Any:
     if isinstance(lr, torch.Tensor):
         return lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-        raise ValueError(
-            f"Invalid learning rate lr: {lr!r} (must be a finite number >= 0, or a tensor)"
-        )
+        raise ValueError(f"Invalid lr: {lr!r} (must be a finite learning rate >= 0, or a tensor)")
     return lr
 
 
