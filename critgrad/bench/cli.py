@@ -5,6 +5,7 @@ critgrad run PROBLEM [PROBLEM ...] --optimizers sgd,sgd_c --seeds 0,1,2 [--set l
 critgrad sweep CONFIG.toml [--out DIR] [--executor inline|local|submitit] [--workers N]
 critgrad report DIR [--out DIR] [--no-plots]
 critgrad main [--out results/main] [--workers 2]
+critgrad study NAME [--out DIR] [--quick] [--seeds 0,1,2]   (critgrad study --list)
 """
 
 from __future__ import annotations
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     for sub in (run, sweep):
         sub.add_argument("--no-report", action="store_true")
+    from critgrad.bench.studies.cli import add_study_command
+
+    add_study_command(commands)
     return parser
 
 
