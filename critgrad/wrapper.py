@@ -437,7 +437,7 @@ class CriticalGradients(Optimizer):
             )
             b, s = _spread(coefficient, params), None
             directions = M.offered_directions(
-                grads,
+                shards,
                 [m[STORE] for m in memories],
                 [m[SCALED_SUM] for m in memories],
                 _spread(slot[:, None], params),
