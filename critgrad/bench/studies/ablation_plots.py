@@ -7,6 +7,7 @@ under each variant's name its admission rate (gradients admitted / offered).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def draw(options: Options, summary: Summary, folder: Path) -> list[Path]:
         figure, axes = plt.subplots(
             len(by_base),
             len(decays),
-            figsize=(4.2 * len(decays) + 0.6, 3.4 * len(by_base) + 0.6),
+            figsize=(max(4.2 * len(decays) + 0.6, 7.0), 3.4 * len(by_base) + 0.6),
             squeeze=False,
             layout="constrained",
         )
@@ -104,7 +105,7 @@ def draw(options: Options, summary: Summary, folder: Path) -> list[Path]:
             f"{k} {v}" for k, v in summary.data["problems"][problem]["overrides"].items()
         )
         figure.suptitle(
-            f"Selection rule of the memory, {problem} ({overrides})\n"
+            textwrap.fill(f"Selection rule of the memory, {problem} ({overrides})", 100) + "\n"
             f"mean ± SE over {len(options.seeds)} seed(s); dots: seeds; dashed: vanilla's mean; "
             "% under a name: gradients admitted",
             fontsize=9,
