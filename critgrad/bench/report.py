@@ -33,6 +33,7 @@ DISPLAY_NAMES = {
     "nadam": "NAdam",
     "radam": "RAdam",
     "aggmo": "AggMo",
+    "adam_cm": "Adam_CM",
     "saga": "SAGA",
 }
 # metric -> (scale, decimals, unit shown in the heading)
