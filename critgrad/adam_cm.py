@@ -67,9 +67,6 @@ MEMORY_OPTIONS = ("topC", "decay", "kappa", "key", "store_dtype")
 """Per-group hyperparameters of the memory (the core's, without ``aggr``: the aggregate is the
 ``sum`` rule applied to the momentum)."""
 
-ADAM_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-"""Adam's entries in each parameter's ``state``: those of ``torch.optim.AdamW``."""
-
 
 def _check_number(name: str, value: Any) -> None:
     # Comparisons, not math.isfinite: a traced step sees a changing number as a symbol.
@@ -178,7 +175,7 @@ class Adam_CM(Optimizer):
         decay: float = 0.7,
         kappa: float = 1.0,
         synced: bool | None = None,
-        key: Literal[M.KEY_MODES] | None = None,  # type: ignore[valid-type]
+        key: Literal[M.KEY_MODES] | None = None,
         store_dtype: torch.dtype | None = None,
         compile: bool = False,
     ) -> None:
