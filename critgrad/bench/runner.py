@@ -33,7 +33,7 @@ import torch
 
 from critgrad.bench import optimizer_labels
 from critgrad.bench.problems import get_problem
-from critgrad.bench.records import RECORD_FORMAT, RunSpec, finite_or_none
+from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
 
 def machine_info() -> dict[str, Any]:
@@ -172,7 +172,7 @@ def run(
         return point
 
     total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
-    bar = _progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
+    bar = progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
     divergence: dict[str, Any] | None = None
     try:
         divergence = _point_divergence(evaluate_point(0.0), parameters)
@@ -221,7 +221,7 @@ def run(
     return finite_or_none(
         {
             "format": RECORD_FORMAT,
-            "key": spec.key(),
+            "key": spec.run_id(),
             "spec": spec.to_dict(),
             "optimizer_name": optimizer_name,
             "optimizer_arguments": arguments,
@@ -230,7 +230,7 @@ def run(
             "higher_is_better": task.higher_is_better,
             "epochs": task.epochs,
             "history": history,
-            "final": {key: None if divergence else last[key] for key in FINAL_KEYS},
+            "final": {key: None if divergence else last[key] for key in FINAL_FIELDS},
             "diverged": divergence is not None,
             "divergence": divergence,
             "steps": state["step"],
@@ -243,9 +243,6 @@ def run(
             ),
         }
     )
-
-
-FINAL_KEYS = ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
 
 
 def _finite(value: Any) -> bool:
@@ -262,7 +259,7 @@ def _point_divergence(
     ):
         cause = "non-finite parameters"
     else:
-        bad = [key for key in FINAL_KEYS if not _finite(point[key])]
+        bad = [key for key in FINAL_FIELDS if not _finite(point[key])]
         if bad:
             cause = f"non-finite {', '.join(key.replace('_', ' ') for key in bad)}"
     if cause is None:
@@ -278,7 +275,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
+def progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
