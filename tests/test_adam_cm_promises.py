@@ -332,7 +332,7 @@ def test_sparse_gradients_and_complex_parameters_are_refused():
 
 
 def test_registry_and_harness_names():
-    from critgrad.bench import optimizer_labels, report
+    from critgrad.bench import optimizer_labels
 
     model = torch.nn.Linear(3, 2)
     assert "adam_cm" in critgrad.list_optimizers()
@@ -348,4 +348,12 @@ def test_registry_and_harness_names():
     built = optimizer_labels.create("adam_cm", model, {"lr": 0.01})
     assert type(built) is critgrad.Adam_CM
     assert optimizer_labels.check_hyperparameters("adam_cm", {"lr": 0.01}) == {"lr": 0.01}
-    assert report.display_name("adam_cm") == "Adam_CM"
+    assert optimizer_labels.display_name("adam_cm") == "Adam_CM"
+    # A memory label whose vanilla twin is Adam: it takes the memory settings.
+    assert (
+        optimizer_labels.is_memory("adam_cm") and optimizer_labels.base_label("adam_cm") == "adam"
+    )
+    assert optimizer_labels.resolve("adam_cm", {"topC": 5, "kappa": 0.0}) == (
+        "adam_cm",
+        {"topC": 5, "kappa": 0.0},
+    )
