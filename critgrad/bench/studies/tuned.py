@@ -33,10 +33,10 @@ numbers, the winner (the harness's rule: the better mean; a side with a diverged
 loses to a finite one and shows as diverged, never as a number), and the *margin*: the per-seed
 difference twin - vanilla (vanilla - twin where lower is better, so that a positive margin always
 means the twin is better; accuracy in percentage points) with its mean, sample standard deviation
-and a 95 % Student-t interval over the seeds. Then, per pair, how the margin moves from (a) to
-(c): the paper's gain m_c - m_a, and the part of it that equal-budget memory tuning gives,
-(m_b - m_a) / (m_c - m_a); the rest is the larger budget (m_d - m_b) and test-set selection
-(m_c - m_d).
+and a 95 % Student-t interval over the seeds. Then, per pair, how the mean margin m moves
+away from (a): the paper's gain m_c - m_a, of which the 9 times larger budget gives m_d - m_a and
+test-set selection (with the best epoch) m_c - m_d; the equal-budget memory search's m_b - m_a;
+and under which protocols the winner differs from (a)'s.
 """
 
 from __future__ import annotations
@@ -284,20 +284,19 @@ def compare(
 
 
 def decomposition(margins: Mapping[str, float | None]) -> dict[str, float | None]:
-    """How the margin moves from (a) to (c) (see the module docstring); None where a margin is
-    missing, and no share when the paper's gain is zero."""
+    """How the mean margin moves away from the fair protocol's (a) (see the module docstring): the
+    paper's gain c - a, of which the 9x budget gives d - a and test-set selection c - d; and the
+    equal-budget memory search's b - a. None where a margin is missing."""
     a, b, d, c = (margins.get(name) for name in PROTOCOL_NAMES)
-    if None in (a, b, d, c):
-        return dict.fromkeys(
-            ("paper_gain", "equal_budget", "budget", "test_selection", "equal_budget_share")
-        )
-    gain = c - a
+
+    def minus(x, y):
+        return None if x is None or y is None else x - y
+
     return {
-        "paper_gain": gain,
-        "equal_budget": b - a,
-        "budget": d - b,
-        "test_selection": c - d,
-        "equal_budget_share": (b - a) / gain if gain != 0 else None,
+        "paper_gain": minus(c, a),
+        "budget": minus(d, a),
+        "test_selection": minus(c, d),
+        "equal_budget": minus(b, a),
     }
 
 
@@ -339,15 +338,20 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
                 name: (entry["margin"] or {}).get("mean") for name, entry in by_protocol.items()
             }
             finite = [e["margin"]["mean"] for e in mine if e["margin"] is not None]
+            fair_winner = by_protocol["fair"]["winner"]
             results[problem]["pairs"][base] = {
                 "protocols": by_protocol,
                 "decomposition": decomposition(means),
+                "verdict_changes": [
+                    name for name in PROTOCOL_NAMES if by_protocol[name]["winner"] != fair_winner
+                ],
                 "sample_draws": {
                     "draws": len(mine),
                     "twin_wins": sum(e["winner"] == "_C" for e in mine),
                     "vanilla_wins": sum(e["winner"] == "vanilla" for e in mine),
                     "margins": [None if e["margin"] is None else e["margin"]["mean"] for e in mine],
                     "mean_margin": math.fsum(finite) / len(finite) if finite else None,
+                    "median_margin": statistics.median(finite) if finite else None,
                     "twin_configs": [e["twin"]["config"] for e in mine],
                 },
             }
@@ -397,9 +401,11 @@ def margin_words(margin: Mapping[str, Any] | None, metric: str, decimals: int) -
 
 def _winner_words(entry: Mapping[str, Any]) -> str:
     winner = entry["winner"]
+    statuses = {entry["vanilla"]["status"], entry["twin"]["status"]}
     if winner is None:
-        both = entry["vanilla"]["status"] == entry["twin"]["status"] == "diverged"
-        return "both diverged" if both else "tie"
+        if "missing" in statuses:
+            return "-"
+        return "both diverged" if statuses == {"diverged"} else "tie"
     return winner
 
 
@@ -439,9 +445,10 @@ def markdown(data: Mapping[str, Any]) -> str:
         "mean, by the harness's report rule; a side with a diverged reported run shows as "
         "diverged and loses to a finite one.",
         "",
-        "| problem | pair | (a) fair | (b) equal budget | (b) over draws: _C wins, mean | "
-        "(d) 9x grid, valid | (c) paper | paper's gain c - a | equal-budget share (b-a)/(c-a) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| problem | pair | (a) fair | (b) equal budget | (b) over draws: _C wins, median | "
+        "(d) 9x grid, valid | (c) paper | paper's gain c - a | of it: 9x budget d - a | "
+        "of it: test selection c - d | winner differs from (a) under |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for problem, found in data["results"].items():
         places = decimals.get(found["metric"], 4)
@@ -456,20 +463,21 @@ def markdown(data: Mapping[str, Any]) -> str:
             def number(value, places=places):
                 return "-" if value is None else f"{value:+.{places}f}"
 
-            share = parts["equal_budget_share"]
+            changes = ", ".join(f"({LETTERS[n]})" for n in pair["verdict_changes"]) or "none"
             lines.append(
                 f"| {problem} | {optimizer_labels.display_name(base)} | {number(means['fair'])} | "
                 f"{number(means['fair-sampled'])} | {draws['twin_wins']}/{draws['draws']}, "
-                f"{number(draws['mean_margin'])} | {number(means['paper-valid'])} | "
+                f"{number(draws['median_margin'])} | {number(means['paper-valid'])} | "
                 f"{number(means['paper'])} | {number(parts['paper_gain'])} | "
-                f"{'-' if share is None else f'{100 * share:.0f} %'} |"
+                f"{number(parts['budget'])} | {number(parts['test_selection'])} | {changes} |"
             )
     size = data["size"]
     lines += [
         "",
-        "Mean margins (> 0: _C better). (b) over draws: the equal-budget protocol scored for "
-        f"{size['sample_draws']} draws of the _C twin's triples (sample seeds 0-"
-        f"{size['sample_draws'] - 1}; (b) itself is draw 0).",
+        "Mean margins over the seeds (> 0: _C better). (b) over draws: the equal-budget protocol "
+        f"scored for {size['sample_draws']} draws of the _C twin's triples (sample seeds 0-"
+        f"{size['sample_draws'] - 1}; (b) itself is draw 0): in how many the _C twin wins, and the "
+        "median of their mean margins.",
         "",
         f"Size: {size['words']}. Pairs: "
         + ", ".join(

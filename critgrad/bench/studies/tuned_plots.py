@@ -101,18 +101,24 @@ def margins_figure(data: Mapping[str, Any], path: Path) -> Path:
                     color=colour,
                     ms=4,
                     alpha=0.7,
-                    label=f"{label}: (b), each of {len(draws)} draws",
+                    label=f"{label}: (b), each draw of its triples",
                 )
         axis.axhline(0.0, color="0.4", lw=0.8)
         spread = _values(found)
-        if spread and max(spread) / min(spread) > 100:
+        logarithmic = bool(spread) and max(spread) / min(spread) > 100
+        if logarithmic:
             axis.set_yscale("symlog", linthresh=max(min(spread), max(spread) / 1000))
         axis.set_xticks(range(len(ORDER)), [TICKS[name] for name in ORDER], fontsize=8)
         axis.set_xlim(-0.6, len(ORDER) - 0.4)
         axis.set_ylabel(_axis_label(found["metric"], found["higher_is_better"]), fontsize=9)
-        axis.set_title(problem, fontsize=10)
+        scale = ", symmetric log scale" if logarithmic else ""
+        axis.set_title(f"{problem}{scale}", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize=7, loc="best")
+    # One legend for all panels (the pairs are the same everywhere), below them: inside a panel
+    # it hides points.
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, names, loc="outside lower center", ncol=2, fontsize=8)
     seeds = data["seeds"]
     figure.suptitle(
         "Does the memory win when tuned? Each _C twin against its optimizer under four protocols\n"

@@ -127,13 +127,17 @@ def test_decomposition_worked_example():
     margins = {"fair": -1.0, "fair-sampled": 0.0, "paper-valid": 1.0, "paper": 3.0}
     assert tuned.decomposition(margins) == {
         "paper_gain": 4.0,
-        "equal_budget": 1.0,
-        "budget": 1.0,
+        "budget": 2.0,
         "test_selection": 2.0,
-        "equal_budget_share": 0.25,
+        "equal_budget": 1.0,
     }
-    assert tuned.decomposition({**margins, "paper": -1.0})["equal_budget_share"] is None
-    assert set(tuned.decomposition({**margins, "paper": None}).values()) == {None}
+    missing = tuned.decomposition({**margins, "paper": None})
+    assert missing == {
+        "paper_gain": None,
+        "budget": 2.0,
+        "test_selection": None,
+        "equal_budget": 1.0,
+    }
 
 
 def _expected_sampled_pick(sample_seed):
@@ -203,7 +207,11 @@ def test_summary_table_and_figure_from_hand_made_records(toy_size, tmp_path):
     summary = tuned.summarize(options, finished)
     pair = summary.data["results"]["toy"]["pairs"]["sgd"]
     assert pair["protocols"]["paper-valid"]["margin"] is None  # diverged: no number
-    assert pair["decomposition"]["paper_gain"] is None
+    parts = pair["decomposition"]
+    assert parts["paper_gain"] == 4 * UNIT - (-UNIT)  # (c) - (a), both exact
+    assert parts["budget"] is None and parts["test_selection"] is None  # (d) has no margin
+    # (a) goes to the vanilla optimizer, (c) to the twin; (d)'s diverged twin loses as in (a).
+    assert "paper" in pair["verdict_changes"] and "paper-valid" not in pair["verdict_changes"]
     draws = pair["sample_draws"]
     assert draws["draws"] == 3
     assert draws["twin_configs"] == [_expected_sampled_pick(k) for k in range(3)]
