@@ -269,6 +269,12 @@ def rows(options: Options, finished: Sequence[Finished]) -> dict[str, dict[str, 
     return out
 
 
+def metric_name(metric: str) -> str:
+    """What the harness's final test metric is: the test accuracy, or (mnist-convex) the
+    training objective over all training rows, which that problem reports as its test metric."""
+    return "test accuracy" if metric == "accuracy" else f"{metric.replace('_', ' ')} (objective)"
+
+
 def scale(metric: str) -> tuple[float, str, str]:
     """How a metric is printed: (factor, format, unit): accuracy in percent."""
     return (100.0, ".2f", " %") if metric == "accuracy" else (1.0, ".4f", "")
@@ -311,7 +317,7 @@ def summarize(options: Options, finished: Sequence[Finished]) -> Summary:
             direction = "higher" if entries[0]["higher_is_better"] else "lower"
             lr = problems[problem]["lr"][base]
             lines += [
-                f"**{problem}, {DISPLAY[base]} (lr {lr:g})**: final test {metric}{unit}, "
+                f"**{problem}, {DISPLAY[base]} (lr {lr:g})**: final {metric_name(metric)}{unit}, "
                 f"{direction} is better",
                 "",
                 "| variant | decay | mean ± SE | − vanilla (paired) | − critical (paired) "

@@ -15,6 +15,7 @@ from typing import Any
 from critgrad.bench.studies import ablation, plotting
 from critgrad.bench.studies.contract import Options, Summary
 
+LOG_SPAN = 5.0  # a log scale when the largest value of a row is over 5 times its smallest
 COLOURS = {
     "vanilla": "0.3",
     "critical": "C3",
@@ -92,15 +93,28 @@ def draw(options: Options, summary: Summary, folder: Path) -> list[Path]:
                 )
                 if column == 0:
                     axis.set_ylabel(
-                        f"final test {metric.replace('_', ' ')}{unit.replace(' %', ' (%)')}\n"
+                        f"final {ablation.metric_name(metric)}{unit.replace(' %', ' (%)')}\n"
                         f"({direction} is better)",
                         fontsize=9,
                     )
             # One scale per row, so that the decays can be compared by eye.
             low = min(axes[row][c].get_ylim()[0] for c in range(len(decays)))
             high = max(axes[row][c].get_ylim()[1] for c in range(len(decays)))
+            # A log scale where a failed variant sits a decade above the others (a positive
+            # objective), so that the others stay apart.
+            values = [
+                v * ablation.scale(metric)[0]
+                for e in entries
+                for v in e["scores"].values()
+                if v is not None
+            ]
+            logarithmic = min(values, default=0) > 0 and max(values) > LOG_SPAN * min(values)
             for c in range(len(decays)):
-                axes[row][c].set_ylim(low, high)
+                if logarithmic:
+                    axes[row][c].set_yscale("log")
+                    axes[row][c].set_ylim(0.8 * min(values), 1.25 * max(values))
+                else:
+                    axes[row][c].set_ylim(low, high)
         overrides = ", ".join(
             f"{k} {v}" for k, v in summary.data["problems"][problem]["overrides"].items()
         )
