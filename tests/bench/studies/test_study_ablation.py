@@ -178,3 +178,12 @@ def test_quick_size_end_to_end(quick_runs):
     assert summary["figures"] == ["ablation-mnist-mlp.png"]
     assert (out / "ablation-mnist-mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "SGD_C memory-only" in (out / "table.md").read_text()
+
+
+def test_a_unit_gives_the_same_result_twice():
+    # One thread, as the study runner sets it: the order of float32 reductions depends on it.
+    options = Options(quick=True, seeds=(0,))
+    unit = next(u for u in ablation.plan(options) if u.config["variant"] == "random")
+    first = ablation.run_unit(unit.config, options)
+    assert first == ablation.run_unit(unit.config, options)
+    assert first["memory"]["admitted"] == first["memory"]["offered"] > 0
