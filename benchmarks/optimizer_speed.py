@@ -61,13 +61,20 @@ SECTIONS = ("step", "train", "memory", "profile")
 DEFAULT_OUT = os.path.join("benchmarks", "results", "optimizer_speed.json")
 RESULT_FORMAT = 1
 
+
+def _pair(name: str, **kwargs: Any) -> tuple[type, type, dict[str, Any]]:
+    """The registry's vanilla class of ``name`` and its _c twin, with shared keyword arguments."""
+    twin = name + critgrad.registry.MEMORY_SUFFIX
+    return critgrad.optimizer_class(name), critgrad.optimizer_class(twin), kwargs
+
+
 # name -> (torch class, critgrad class, keyword arguments shared by both)
 OPTIMIZERS: dict[str, tuple[type, type, dict[str, Any]]] = {
-    "sgd": (torch.optim.SGD, critgrad.SGD, {"lr": 1e-3}),
-    "sgd_momentum": (torch.optim.SGD, critgrad.SGD, {"lr": 1e-3, "momentum": 0.9}),
-    "adam": (torch.optim.Adam, critgrad.Adam, {"lr": 1e-3}),
-    "adamw": (torch.optim.AdamW, critgrad.AdamW, {"lr": 1e-3}),
-    "rmsprop": (torch.optim.RMSprop, critgrad.RMSprop, {"lr": 1e-3}),
+    "sgd": _pair("sgd", lr=1e-3),
+    "sgd_momentum": _pair("sgd", lr=1e-3, momentum=0.9),
+    "adam": _pair("adam", lr=1e-3),
+    "adamw": _pair("adamw", lr=1e-3),
+    "rmsprop": _pair("rmsprop", lr=1e-3),
 }
 
 # implementation name -> keyword arguments of the torch optimizer (critgrad passes them through)

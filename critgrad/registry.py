@@ -7,6 +7,7 @@ Names are lowercase: ``"adam"`` is ``torch.optim.Adam``; ``"adam_c"`` is :class:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,19 @@ _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]
 }
 
 MEMORY_SUFFIX = "_c"
+
+
+def _memory_arguments() -> tuple[str, ...]:
+    # Read from the named classes' real signatures, so that this list cannot drift from them.
+    named = inspect.signature(optimizers.SGD).parameters
+    base = inspect.signature(torch.optim.SGD).parameters
+    return tuple(name for name in named if name not in base)
+
+
+MEMORY_ARGUMENTS: tuple[str, ...] = _memory_arguments()
+"""The keyword arguments that every ``_c`` optimizer takes beyond its base optimizer's: the
+memory's (``topC``, ``decay``, ``kappa``, ``aggr``, ``synced``, ``key``, ``store_dtype``,
+``compile``)."""
 
 
 def list_optimizers(memory: bool | None = None) -> list[str]:
@@ -93,7 +107,7 @@ def create_optimizer(
         decay_norm_and_bias: when a module is given, biases and normalisation weights get no
             weight decay unless this is True.
         **kwargs: the optimizer's other arguments (``momentum``, ``betas``, and for ``_c`` names
-            ``topC``, ``decay``, ``kappa``, ``aggr``, ``synced``, ``key``, ``store_dtype``).
+            :data:`MEMORY_ARGUMENTS`).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)

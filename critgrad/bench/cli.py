@@ -5,6 +5,7 @@ critgrad run PROBLEM [PROBLEM ...] --optimizers sgd,sgd_c --seeds 0,1,2 [--set l
 critgrad sweep CONFIG.toml [--out DIR] [--executor inline|local|submitit] [--workers N]
 critgrad report DIR [--out DIR] [--no-plots]
 critgrad main [--out results/main] [--workers 2]
+critgrad study NAME [--out DIR] [--quick] [--seeds 0,1,2]   (critgrad study --list)
 """
 
 from __future__ import annotations
@@ -95,68 +96,29 @@ def parse_settings(items: Sequence[str], optimizers: Sequence[str]) -> dict[str,
 
 
 def command_list(args) -> int:
-    from critgrad.bench import optimizer_labels
-    from critgrad.bench.datasets import verify
-    from critgrad.bench.problem import CorruptData, DataUnavailable
-    from critgrad.bench.problems import list_problems
+    from critgrad.bench import catalog
 
-    problems = list_problems()
-    width = max((len(p.name) for p in problems), default=8)
-    print(f"problems (data status for --data-dir {args.data_dir or '(none)'}; sizes):")
-    missing, corrupt, status_of = [], [], {}
-    for problem in problems:
-        if problem.dataset not in status_of:  # each data set is checked once
-            try:
-                status_of[problem.dataset] = f"ok      {verify(problem.dataset, args.data_dir)}"
-            except DataUnavailable as error:
-                status_of[problem.dataset] = f"missing {problem.dataset}"
-                missing.append(str(error))
-            except CorruptData as error:
-                status_of[problem.dataset] = f"corrupt {problem.dataset}"
-                corrupt.append(" ".join(str(error).split()))
-            except KeyError:
-                status_of[problem.dataset] = f"?       {problem.dataset} (no locator)"
-        print(f"  {problem.name:<{width}}  {'/'.join(problem.sizes)}  {problem.description}")
-        print(f"  {'':<{width}}  data: {status_of[problem.dataset]}")
-    for message in dict.fromkeys(missing):
-        print(f"  missing data: {message}")
-    for message in dict.fromkeys(corrupt):  # a folder may serve two data sets
-        print(f"  corrupt data: {message}")
-    try:
-        labels = optimizer_labels.known_labels()
-        aliases = ", ".join(f"{a} = {n} {f}" for a, (n, f) in optimizer_labels.ALIASES.items())
-        print(f"optimizers: {', '.join(labels)}")
-        print(f"  aliases: {aliases}")
-        from critgrad.bench.saga import FINITE_SUM_PROBLEMS
-
-        print(f"  saga (batch 1, per-row gradients) runs only on {', '.join(FINITE_SUM_PROBLEMS)}")
-    except RuntimeError as error:
-        print(f"optimizers: unavailable ({error})")
+    for line in catalog.lines(args.data_dir):
+        print(line)
     return 0
 
 
-def _finish(sweep_obj, outcome, report: bool, print_tables: bool = True) -> int:
+def _finish(sweep_obj, outcome, with_report: bool, print_tables: bool = True) -> int:
     """The summary line, the report, and the exit status: 1 when a run failed or the report could
     not be written, 0 otherwise (diverged runs are results: they are counted and reported)."""
-    from critgrad.bench import report as reporting
+    from critgrad.bench import report, report_files
 
-    diverged = f" ({len(outcome.diverged)} diverged)" if outcome.diverged else ""
-    elsewhere = f", {outcome.elsewhere} done by another sweep" if outcome.elsewhere else ""
-    print(
-        f"{outcome.ran} run(s) done{diverged}, {outcome.skipped} already finished{elsewhere}, "
-        f"{len(outcome.failed)} failed; records in {sweep_obj.out}",
-        file=sys.stderr,
-    )
+    print(outcome.summary(sweep_obj.out), file=sys.stderr)
     code = EXIT_FAILED_RUNS if outcome.failed else 0
-    if report:
+    if with_report:
         try:
-            analysis, text, path = reporting.write_report(sweep_obj.out)
+            analysis, text, path = report_files.write_report(sweep_obj.out)
         except (ValueError, OSError) as error:  # nothing to report (every run failed), or no room
             print(f"no report: {' '.join(str(error).split())}", file=sys.stderr)
             return EXIT_FAILED_RUNS
         if print_tables:
             print(text)
-        for line in reporting.unresolved_lines(analysis):
+        for line in report.unresolved_lines(analysis):
             print(line, file=sys.stderr)
         print(f"report: {path}", file=sys.stderr)
     return code
@@ -167,14 +129,9 @@ def _command_line() -> str:
 
 
 def command_run(args) -> int:
-    from critgrad.bench import protocols
-    from critgrad.bench.sweep import Sweep, run_sweep
+    from critgrad.bench.sweep import fixed_protocol_sweep, run_sweep
 
     settings = parse_settings(args.set or [], args.optimizers)
-    configs = protocols.default_configs(args.optimizers)
-    for label in args.optimizers:
-        configs[label].update(protocols.extra_hyperparameters(settings, label))
-    protocol = protocols.fixed(configs, seeds=args.seeds)
     overrides = {}
     for item in args.override or []:
         key, sep, value = item.partition("=")
@@ -183,24 +140,26 @@ def command_run(args) -> int:
         overrides[key] = parse_value(value, item)
     if args.epochs:
         overrides["epochs"] = args.epochs
-    out = Path(args.out or Path("runs") / "+".join(args.problems))
-    sweep_obj = Sweep(
-        problems=args.problems,
-        protocol=protocol,
-        out=out,
-        size=args.size,
+    sweep_obj = fixed_protocol_sweep(
+        args.problems,
+        args.optimizers,
+        seeds=args.seeds,
+        hyperparameters=settings,
         overrides=overrides,
+        size=args.size,
         evals_per_epoch=args.evals_per_epoch,
+        out=args.out,
         data_dir=args.data_dir,
-        executor={"kind": "local", "workers": args.workers, "threads": 1},
-        sinks={"tensorboard": True, "dir": str(out / "logs")} if args.tensorboard else {},
+        workers=args.workers,
+        tensorboard=args.tensorboard,
     )
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    return _finish(sweep_obj, outcome, report=not args.no_report)
+    return _finish(sweep_obj, outcome, with_report=not args.no_report)
 
 
 def command_sweep(args) -> int:
-    from critgrad.bench.sweep import parse_config, read_config_file, run_sweep
+    from critgrad.bench.sweep import run_sweep
+    from critgrad.bench.sweep_file import parse_config, read_config_file
 
     data = read_config_file(args.config)
     sweep_obj = parse_config(data, out=args.out)
@@ -210,18 +169,21 @@ def command_sweep(args) -> int:
         sweep_obj.executor["workers"] = args.workers
     if args.data_dir:
         sweep_obj.data_dir = args.data_dir
+    _inline_in_data_parallel(sweep_obj)
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    return _finish(sweep_obj, outcome, report=not args.no_report)
+    return _finish(sweep_obj, outcome, with_report=not args.no_report)
 
 
 def command_report(args) -> int:
-    from critgrad.bench import report as reporting
-    from critgrad.bench.sweep import writable_folder
+    from critgrad.bench import report_files
+    from critgrad.bench.preflight import writable_folder
 
     if not Path(args.dir).is_dir():
         raise FileNotFoundError(f"run directory {args.dir} not found")
     writable_folder(args.out or args.dir, "report folder")
-    analysis, text, path = reporting.write_report(args.dir, args.out, with_plots=not args.no_plots)
+    analysis, text, path = report_files.write_report(
+        args.dir, args.out, with_plots=not args.no_plots
+    )
     for message in analysis.broken:
         print(f"broken record skipped: {message}", file=sys.stderr)
     print(text)
@@ -245,7 +207,7 @@ def command_main(args) -> int:
     )
     started = time.perf_counter()
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
-    code = _finish(sweep_obj, outcome, report=True)
+    code = _finish(sweep_obj, outcome, with_report=True)
     print(f"main job wall time: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return code
 
@@ -254,7 +216,7 @@ def command_main(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from critgrad.bench import main_job
+    from critgrad.bench import main_job, optimizer_labels
 
     parser = _Parser(prog="critgrad", description="Critical Gradients benchmark harness.")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
@@ -278,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[OPTIMIZER.]KEY=VALUE",
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
-        "ones (topC, decay, kappa, aggr, synced) reach only the _c optimizers",
+        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the _c optimizers",
     )
     run.add_argument(
         "--size",
@@ -324,16 +286,95 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     for sub in (run, sweep):
         sub.add_argument("--no-report", action="store_true")
+    from critgrad.bench.studies.cli import add_study_command
+
+    add_study_command(commands)
     return parser
 
 
+# Under torchrun: the commands that train runs data-parallel, and those that only read.
+DATA_PARALLEL_COMMANDS = ("run", "sweep")
+SINGLE_PROCESS_COMMANDS = ("list", "report")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from critgrad.bench import data_parallel
+
+    if data_parallel.launched_world_size() > 1:
+        return _main_data_parallel(argv)
+    return _main(argv)
+
+
+def _main_data_parallel(argv: Sequence[str] | None) -> int:
+    """Under torchrun: rank 0 runs the command, the other processes train each of its runs with
+    it (see critgrad.bench.data_parallel); only rank 0 writes or prints anything."""
+    from critgrad.bench import data_parallel, runner
+
+    rank = data_parallel.start()
+    try:
+        if rank != 0:
+            data_parallel.follow(runner.run)
+            return 0
+        try:
+            return _main(argv)
+        finally:
+            data_parallel.announce(None)  # the followers are done too
+    finally:
+        data_parallel.stop()
+
+
+def _refuse_in_data_parallel(args) -> None:
+    """Under torchrun, the runs of ``run`` and ``sweep`` train in rank 0's process, with the others
+    (no pool of workers, no jobs); the other commands are not distributed."""
+    from critgrad.bench import data_parallel
+
+    size = data_parallel.world()[1]
+    if size == 1 or args.command in SINGLE_PROCESS_COMMANDS:
+        return
+    if args.command not in DATA_PARALLEL_COMMANDS:
+        raise UsageError(
+            f"critgrad {args.command} does not run under torchrun ({size} processes); "
+            f"under torchrun: {', '.join(DATA_PARALLEL_COMMANDS)}"
+        )
+    workers = getattr(args, "workers", None)
+    if workers not in (None, 1):
+        raise UsageError(
+            f"--workers {workers}: under torchrun each run trains data-parallel over the "
+            f"{size} processes, one run at a time; leave --workers out"
+        )
+    executor = getattr(args, "executor", None)
+    if executor not in (None, "inline", "local"):
+        raise UsageError(
+            f"--executor {executor}: under torchrun the runs train in the torchrun processes; "
+            "use inline"
+        )
+
+
+def _inline_in_data_parallel(sweep_obj) -> None:
+    """Under torchrun a sweep's runs train one after another in rank 0's process (with the other
+    processes), whatever executor the sweep file names; a file that names submitit is refused."""
+    from critgrad.bench import data_parallel
+
+    size = data_parallel.world()[1]
+    if size == 1:
+        return
+    kind = sweep_obj.executor.get("kind", "local")
+    if kind == "submitit":
+        raise UsageError(
+            f"the sweep's executor is submitit: under torchrun ({size} processes) its runs train "
+            "in the torchrun processes; set executor kind = inline"
+        )
+    sweep_obj.executor["kind"] = "inline"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from critgrad.bench.contract import CorruptData, DataUnavailable
     from critgrad.bench.optimizer_labels import UnknownOptimizer
-    from critgrad.bench.problem import CorruptData, DataUnavailable
     from critgrad.bench.problems import UnknownProblem
 
     try:
         args = build_parser().parse_args(argv)
+        _refuse_in_data_parallel(args)
         return args.handler(args)
     except (
         UsageError,

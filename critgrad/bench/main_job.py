@@ -7,7 +7,7 @@ per epoch, then prints the tables and writes the report with plots. 48 runs, two
 2 minutes on two idle cores, 7 when other work shares them.
 
 Protocol ``fixed``: no tuning. Each optimizer uses a well-known good learning rate for this scale
-(``protocols.DEFAULT_LRS``: SGD 0.1, SGD momentum 0.9 at 0.01, RMSprop 1e-3, Adam 1e-3); each _C
+(``optimizer_labels.ROWS``: SGD 0.1, SGD momentum 0.9 at 0.01, RMSprop 1e-3, Adam 1e-3); each _C
 twin uses its vanilla optimizer's learning rate with the reference's recommended memory (topC 10,
 decay 0.7, kappa 1) and its default aggregation. Equal budget (one configuration each), reported
 on the test split; for tuned comparisons use ``critgrad sweep`` with the ``fair`` protocol.

@@ -1,31 +1,109 @@
-"""Optimizer labels of the harness: the core registry's names plus a few aliases.
+"""The harness's optimizers: one table that sweeps, records, protocols, the report and plots read.
+
+The core owns the optimizers: their registry names (:func:`critgrad.list_optimizers`), classes and
+the memory's keyword arguments (:data:`critgrad.registry.MEMORY_ARGUMENTS`). The harness adds, per
+vanilla optimizer, what a comparison needs: the name that tables and plots show, the learning rate
+of the untuned ``fixed`` protocol, and aliases that stand for a registry name with some
+hyperparameters set (``sgdm`` is SGD with momentum 0.9, the paper's "SGDm"). :data:`ROWS` holds
+those additions; :data:`LABELS` joins them with the core's registry, and is what everything reads.
 
 A *label* is what a sweep, a record and a table use: any name of :func:`critgrad.list_optimizers`
-("sgd", "adam_c", ...) or an alias such as "sgdm" (SGD with momentum 0.9, the paper's "SGDm").
-Labels ending in ``_c`` are the memory-augmented twins; the twin of label ``x_c`` is ``x``.
-A few labels (``saga``) are *task methods*: they need the problem's data, not only its parameters,
-and are built by :func:`create_for_task` from the task (each problem says whether it can).
+("sgd", "adam_c", ...) or an alias such as "sgdm". Labels ending in ``_c`` are the memory-augmented
+twins; the twin of label ``x_c`` is ``x``. A few labels (``saga``) are *task methods*: they need
+the problem's data, not only its parameters, and are built by :func:`create_for_task` from the task
+(each problem says whether it can).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+import types
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
-# label -> (registry name, hyperparameters fixed by the label). A user value for a fixed key wins.
-ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sgdm": ("sgd", {"momentum": 0.9}),
-    "sgdm_c": ("sgd_c", {"momentum": 0.9}),
+from critgrad import registry
+from critgrad.bench import saga, values
+
+MEMORY_SUFFIX = registry.MEMORY_SUFFIX
+# Hyperparameters only the memory-augmented optimizers take: the core's list.
+MEMORY_ARGUMENTS = registry.MEMORY_ARGUMENTS
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """What the harness adds to one vanilla optimizer; its ``_c`` twin shares the row."""
+
+    display: str  # the name in tables and plots; the twin's is this + "_C"
+    default_lr: float | None  # the fixed protocol's learning rate; None: the optimizer's default
+    alias_of: str | None = None  # for an alias: the registry name it stands for
+    # For an alias: the hyperparameters it sets (a value the user gives wins).
+    implied: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # A module with create(parameters, hyperparameters) (a dry build that checks the arguments),
+    # prepare(task, hyperparameters) -> (task, optimizer) and check_problem(problem): a method
+    # that needs the task, not only the parameters.
+    task_method: types.ModuleType | None = None
+
+
+# One row per vanilla label. The learning rates are well-known good values for small MNIST-scale
+# models at batch 64, used when none is given (`critgrad run` and the main job); a _c twin uses
+# its vanilla optimizer's.
+ROWS: dict[str, Row] = {
+    "sgd": Row("SGD", 0.1),
+    "sgdm": Row("SGDm", 0.01, alias_of="sgd", implied={"momentum": 0.9}),
+    "rmsprop": Row("RMSprop", 1e-3),
+    "adam": Row("Adam", 1e-3),
+    "adamw": Row("AdamW", 1e-3),
+    "adagrad": Row("Adagrad", 1e-2),
+    "adamax": Row("Adamax", 2e-3),
+    "nadam": Row("NAdam", 2e-3),
+    "radam": Row("RAdam", 1e-3),
+    "aggmo": Row("AggMo", None),
+    "saga": Row("SAGA", None, task_method=saga),  # its default step is 1/(3L)
 }
-# label -> module with create(parameters, hyperparameters) (a dry build that checks the
-# arguments) and prepare(task, hyperparameters) -> (task, optimizer): methods that need the task.
-TASK_METHODS: dict[str, str] = {"saga": "critgrad.bench.saga"}
-MEMORY_SUFFIX = "_c"
-# Hyperparameters only the memory-augmented optimizers take.
-MEMORY_KEYS = ("topC", "decay", "kappa", "aggr", "synced")
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    """One label of :data:`LABELS`: the row of its vanilla label, resolved for this label."""
+
+    label: str
+    name: str  # the registry name it builds (a task method: its label)
+    implied: Mapping[str, Any]  # hyperparameters the label sets
+    display: str
+    default_lr: float | None
+    memory: bool
+    task_method: types.ModuleType | None = None
+
+
+def _labels(names: Iterable[str], rows: Mapping[str, Row]) -> dict[str, Label]:
+    """Every label: the registry's names (with their rows, or their own name to show), the
+    aliases whose target the registry has, and the task methods."""
+    names = set(names)
+    labels: dict[str, Label] = {}
+    for vanilla in sorted(names - {n for n in names if n.endswith(MEMORY_SUFFIX)} | set(rows)):
+        row = rows.get(vanilla, Row(vanilla, None))
+        target = row.alias_of or vanilla
+        if row.task_method is not None:
+            labels[vanilla] = Label(
+                vanilla, vanilla, {}, row.display, row.default_lr, False, row.task_method
+            )
+            continue
+        for memory, suffix in ((False, ""), (True, MEMORY_SUFFIX)):
+            if target + suffix in names:
+                labels[vanilla + suffix] = Label(
+                    vanilla + suffix,
+                    target + suffix,
+                    dict(row.implied),
+                    row.display + ("_C" if memory else ""),
+                    row.default_lr,
+                    memory,
+                )
+    return labels
+
+
+LABELS: dict[str, Label] = _labels(registry.list_optimizers(), ROWS)
 
 
 class UnknownOptimizer(KeyError):
@@ -35,28 +113,17 @@ class UnknownOptimizer(KeyError):
         return str(self.args[0])
 
 
-def _registry() -> tuple[Callable[..., torch.optim.Optimizer], Callable[[], Iterable[str]]]:
-    """The core's (create_optimizer, list_optimizers); replaced in tests that avoid the core."""
-    import critgrad
-
-    try:
-        return critgrad.create_optimizer, critgrad.list_optimizers
-    except AttributeError:
-        raise RuntimeError(
-            "critgrad.create_optimizer is missing: the optimizer core is not installed"
-        ) from None
-
-
-def registry_names() -> list[str]:
-    return sorted(_registry()[1]())
-
-
 def known_labels() -> list[str]:
     """Every label the harness accepts: registry names, the aliases whose target exists and the
     task methods."""
-    names = set(registry_names())
-    aliases = {alias for alias, (name, _) in ALIASES.items() if name in names}
-    return sorted(names | aliases | set(TASK_METHODS))
+    return sorted(LABELS)
+
+
+def entry(label: str) -> Label:
+    """The table's entry for ``label``; :class:`UnknownOptimizer` lists the known labels."""
+    if label not in LABELS:
+        raise UnknownOptimizer(f"unknown optimizer {label!r}; known: {', '.join(known_labels())}")
+    return LABELS[label]
 
 
 def is_memory(label: str) -> bool:
@@ -72,20 +139,34 @@ def memory_label(label: str) -> str:
     return label if is_memory(label) else label + MEMORY_SUFFIX
 
 
+def display_name(label: str) -> str:
+    """The name in tables and plots ("SGDm_C"); a label the table does not know (a record of an
+    optimizer since removed) shows as itself."""
+    if label in LABELS:
+        return LABELS[label].display
+    base = base_label(label)
+    name = ROWS[base].display if base in ROWS else base
+    return name + "_C" if is_memory(label) else name
+
+
+def default_lr(label: str) -> float | None:
+    """The fixed protocol's learning rate of ``label`` (a twin: its vanilla's); None when the
+    optimizer's own default applies or the label is unknown."""
+    return LABELS[label].default_lr if label in LABELS else None
+
+
 def resolve(label: str, hyperparameters: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The registry name and the full keyword arguments that ``label`` with ``hyperparameters``
     stands for; :class:`UnknownOptimizer` lists the known labels otherwise."""
-    name, fixed = ALIASES.get(label, (label, {}))
-    if name not in registry_names() and name not in TASK_METHODS:
-        raise UnknownOptimizer(f"unknown optimizer {label!r}; known: {', '.join(known_labels())}")
-    if not is_memory(label):
-        stray = sorted(set(hyperparameters) & set(MEMORY_KEYS))
+    found = entry(label)
+    if not found.memory:
+        stray = sorted(set(hyperparameters) & set(MEMORY_ARGUMENTS))
         if stray:
             raise ValueError(
                 f"optimizer {label!r} has no memory; {', '.join(stray)} apply only "
                 f"to the _c optimizers"
             )
-    return name, {**fixed, **hyperparameters}
+    return found.name, {**found.implied, **hyperparameters}
 
 
 def create(
@@ -99,25 +180,27 @@ def create(
     and normalisation weights unless asked) apply to vanilla and _c optimizers alike.
     """
     name, arguments = resolve(label, hyperparameters)
-    if name in TASK_METHODS:
-        return importlib.import_module(TASK_METHODS[name]).create(parameters, arguments)
-    return _registry()[0](parameters, name, **arguments)
+    method = LABELS[label].task_method
+    if method is not None:
+        return method.create(parameters, arguments)
+    return registry.create_optimizer(parameters, name, **arguments)
 
 
 def check_problem(label: str, problem: str) -> None:
     """ValueError when ``label`` is a task method that ``problem`` cannot run (before any run)."""
-    name = ALIASES.get(label, (label, {}))[0]
-    if name in TASK_METHODS:
-        importlib.import_module(TASK_METHODS[name]).check_problem(problem)
+    method = LABELS[label].task_method if label in LABELS else None
+    if method is not None:
+        method.check_problem(problem)
 
 
 def create_for_task(label: str, task: Any, hyperparameters: Mapping[str, Any]) -> tuple[Any, Any]:
     """(task, optimizer) for a run: the task itself and :func:`create` over its model, or, for a
     task method, the method's own version of the task (a ValueError if the problem has no use
     for it)."""
-    name, arguments = resolve(label, hyperparameters)
-    if name in TASK_METHODS:
-        return importlib.import_module(TASK_METHODS[name]).prepare(task, arguments)
+    _, arguments = resolve(label, hyperparameters)
+    method = LABELS[label].task_method
+    if method is not None:
+        return method.prepare(task, arguments)
     return task, create(label, task.model, hyperparameters)
 
 
@@ -161,8 +244,6 @@ def check_hyperparameters(label: str, hyperparameters: Mapping[str, Any]) -> dic
     """``hyperparameters`` of ``label`` as plain values, checked: the kinds above, then the
     optimizer built over a probe parameter and stepped once, so that what it refuses is refused
     now, before any run. :class:`~critgrad.bench.values.ConfigError` says which, on one line."""
-    from critgrad.bench import values
-
     checked = {}
     for key, value in values.table(f"hyperparameters of {label}", hyperparameters).items():
         name = f"{label}.{key}" if label else key
@@ -184,11 +265,13 @@ def check_hyperparameters(label: str, hyperparameters: Mapping[str, Any]) -> dic
         ):
             raise values.fail(name, value, "a list of two numbers")
         checked[key] = value
-    name, _ = resolve(label, checked)  # unknown label, memory settings given to a vanilla one
+    resolve(label, checked)  # unknown label, memory settings given to a vanilla one
     probe = torch.nn.Parameter(torch.zeros(2))
     try:
         optimizer = create(label, [probe], checked)
-        if name not in TASK_METHODS:  # a task method's dry build cannot step without its task
+        if (
+            LABELS[label].task_method is None
+        ):  # a task method's dry build cannot step without its task
             probe.grad = torch.ones_like(probe)
             optimizer.step()
     except Exception as error:  # whatever the optimizer refuses, in its own words

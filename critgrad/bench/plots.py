@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from critgrad.bench import optimizer_labels, scoring
+from critgrad.bench.optimizer_labels import display_name
 from critgrad.bench.protocols import Protocol
 
 
@@ -59,8 +60,6 @@ def _has_positive(values: np.ndarray) -> bool:
 
 
 def learning_curves(result, path: Path) -> Path | None:
-    from critgrad.bench.report import display_name
-
     labels_of = {
         base: [
             label
@@ -147,8 +146,6 @@ def _scores_by(result, label: str, protocol: Protocol, keys: Sequence[str]):
 
 
 def lr_sensitivity(result, protocol: Protocol, path: Path) -> Path | None:
-    from critgrad.bench.report import display_name
-
     series = {label: _scores_by(result, label, protocol, ("lr",)) for label in result.results}
     series = {label: points for label, points in series.items() if len(points) > 1}
     if not series:
@@ -191,8 +188,6 @@ def lr_sensitivity(result, protocol: Protocol, path: Path) -> Path | None:
 
 
 def memory_heatmap(result, label: str, protocol: Protocol, path: Path) -> Path | None:
-    from critgrad.bench.report import display_name
-
     points = _scores_by(result, label, protocol, ("topC", "decay"))
     topcs = sorted({p[0] for p in points})
     decays = sorted({p[1] for p in points})

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from critgrad.bench import optimizer_labels, values
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 # ---- Defaults, in one place --------------------------------------------------------------------
 PAPER_LRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -41,20 +41,9 @@ PAPER_SEEDS = (100, 101, 102, 103, 104)
 FAIR_SEEDS = (0, 1, 2, 3, 4)  # the fair protocol's minimum of five seeds
 # The reference package's README: topC in {5, 10, 20}, decay in {0.7, 0.9}; its defaults 10 / 0.7.
 RECOMMENDED_MEMORY = {"topC": 10, "decay": 0.7, "kappa": 1.0}
-# Well-known good learning rates for small MNIST-scale models at batch 64 (used when none is
-# given: `critgrad run` and the main job). The _c twin uses its vanilla optimizer's value.
-DEFAULT_LRS = {
-    "sgd": 0.1,
-    "sgdm": 0.01,
-    "rmsprop": 1e-3,
-    "adam": 1e-3,
-    "adamw": 1e-3,
-    "adagrad": 1e-2,
-    "adamax": 2e-3,
-    "nadam": 2e-3,
-    "radam": 1e-3,
-}
 PROTOCOLS = ("fair", "paper", "fixed")
+# How the fair protocol's twins get their memory settings: "fixed" at the recommended memory, or
+# "sampled" from the paper's grid (the sweep file's `memory_search`).
 MEMORY_SEARCHES = ("fixed", "sampled")
 
 
@@ -129,12 +118,8 @@ def _check_seeds(seeds: Sequence[int], name: str = "seeds") -> tuple[int, ...]:
 
 def _check_optimizers(optimizers: Sequence[str]) -> list[str]:
     optimizers = values.strings("optimizers", optimizers)
-    known = optimizer_labels.known_labels()
     for label in optimizers:
-        if label not in known:
-            raise optimizer_labels.UnknownOptimizer(
-                f"unknown optimizer {label!r}; known: {', '.join(known)}"
-            )
+        optimizer_labels.entry(label)  # UnknownOptimizer lists the known labels
     if len(set(optimizers)) != len(optimizers):
         raise ValueError(f"optimizers has duplicates: {list(optimizers)}")
     return list(optimizers)
@@ -160,7 +145,7 @@ def extra_hyperparameters(
     extra = _check_extra(extra)
     merged = dict(extra.get("all", {}))
     if not optimizer_labels.is_memory(label):
-        merged = {k: v for k, v in merged.items() if k not in optimizer_labels.MEMORY_KEYS}
+        merged = {k: v for k, v in merged.items() if k not in optimizer_labels.MEMORY_ARGUMENTS}
     merged.update(extra.get(optimizer_labels.base_label(label), {}))
     merged.update(extra.get(label, {}))
     return merged
@@ -207,18 +192,18 @@ def fair(
     grid = list(itertools.product(lrs, topCs, decays))
     configs: dict[str, list[dict[str, Any]]] = {}
     for label in optimizers:
-        fixed = extra_hyperparameters(extra, label)
+        extras = extra_hyperparameters(extra, label)
         if not optimizer_labels.is_memory(label):
-            configs[label] = [{**fixed, "lr": lr} for lr in lrs]
+            configs[label] = [{**extras, "lr": lr} for lr in lrs]
         elif memory_search == "fixed":
-            configs[label] = [{**memory, **fixed, "lr": lr} for lr in lrs]
+            configs[label] = [{**memory, **extras, "lr": lr} for lr in lrs]
         else:
             # One draw per twin label, all from the same seeded stream order: reproducible.
             draws = sorted(random.Random(f"{sample_seed}:{label}").sample(grid, len(lrs)))
             configs[label] = [
                 {
                     "kappa": memory.get("kappa", PAPER_KAPPA),
-                    **fixed,
+                    **extras,
                     "lr": lr,
                     "topC": top,
                     "decay": decay,
@@ -261,14 +246,14 @@ def paper(
     kappa = values.number("kappa", kappa, at_least=0)
     configs: dict[str, list[dict[str, Any]]] = {}
     for label in optimizers:
-        fixed = extra_hyperparameters(extra, label)
+        extras = extra_hyperparameters(extra, label)
         if optimizer_labels.is_memory(label):
             configs[label] = [
-                {**fixed, "lr": float(lr), "topC": top, "decay": decay, "kappa": kappa}
+                {**extras, "lr": float(lr), "topC": top, "decay": decay, "kappa": kappa}
                 for lr, decay, top in itertools.product(lrs, decays, topCs)
             ]
         else:
-            configs[label] = [{**fixed, "lr": float(lr)} for lr in lrs]
+            configs[label] = [{**extras, "lr": float(lr)} for lr in lrs]
     vanilla, twin = len(lrs), len(lrs) * len(decays) * len(topCs)
     notes = (
         f"paper: the authors' grid - {vanilla} configurations per vanilla optimizer, {twin} "
@@ -308,12 +293,12 @@ def fixed(
 def default_configs(
     optimizers: Sequence[str], memory: Mapping[str, Any] = RECOMMENDED_MEMORY
 ) -> dict[str, dict[str, Any]]:
-    """The fixed configuration of each label: its DEFAULT_LRS value (the twin: its vanilla's),
-    plus the recommended memory for the twins."""
+    """The fixed configuration of each label: its default learning rate from the optimizer table
+    (the twin: its vanilla's), plus the recommended memory for the twins."""
     configs = {}
     for label in optimizers:
-        base = optimizer_labels.base_label(label)
-        config = {"lr": DEFAULT_LRS[base]} if base in DEFAULT_LRS else {}
+        lr = optimizer_labels.default_lr(label)
+        config = {} if lr is None else {"lr": lr}
         if optimizer_labels.is_memory(label):
             config.update(memory)
         configs[label] = config

@@ -1,16 +1,15 @@
-"""Report: records on disk -> tables in the paper's layout (Markdown and CSV) and plots.
+"""Report: records on disk -> tables in the paper's layout (Markdown and CSV rows).
 
 For every problem: optimizer | vanilla | _C, the reported metric's mean +- std over seeds of each
 optimizer's selected configuration, the better of each pair in bold; beside it the protocol, the
 budget (configurations per optimizer), the seeds, the machine and the wall time; then
 time-to-target, the per-step cost and the memory's admission rate. Selection is recomputed from
-the records with the sweep's own rules (:mod:`critgrad.bench.scoring`), so a report can be made
+the records with the sweep's own rules (:mod:`critgrad.bench.selection`), so a report can be made
 at any time, also from a sweep that is still running.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -19,22 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from critgrad.bench import optimizer_labels, records, scoring, sweep
+from critgrad.bench import optimizer_labels, records, scoring, selection
+from critgrad.bench.manifest import read_manifest
+from critgrad.bench.optimizer_labels import display_name
 from critgrad.bench.protocols import Protocol
 
-DISPLAY_NAMES = {
-    "sgd": "SGD",
-    "sgdm": "SGDm",
-    "rmsprop": "RMSprop",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adagrad": "Adagrad",
-    "adamax": "Adamax",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "aggmo": "AggMo",
-    "saga": "SAGA",
-}
 # metric -> (scale, decimals, unit shown in the heading)
 METRIC_FORMATS = {
     "accuracy": (100.0, 2, "%"),
@@ -159,10 +147,10 @@ def analyse_problem(
     """Selection, summaries and time-to-target for one problem (pure given the records)."""
     higher = problem_records[0]["higher_is_better"]
     split, reduce = protocol.reported()
-    chosen = sweep.selected_configs(problem_records, protocol)
+    chosen = selection.selected_configs(problem_records, protocol)
     results: dict[str, OptimizerResult] = {}
     for label, configs in protocol.configs.items():
-        groups = sweep.group_by_config(problem_records, label, configs)
+        groups = selection.group_by_config(problem_records, label, configs)
         config = chosen.get(label)
         runs = (
             [r for r in groups.get(config, []) if r["spec"]["seed"] in protocol.seeds]
@@ -225,7 +213,7 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} not found")
     all_records, broken = records.read_records(run_dir)
-    manifest = sweep.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     if not all_records:
         first = f"; the first: {broken[0]}" if broken else ""
         raise ValueError(
@@ -238,7 +226,7 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
     )
     for name in names:
         if manifest:
-            mine = sweep.matching_records(
+            mine = selection.matching_records(
                 all_records,
                 name,
                 manifest["size"],
@@ -254,12 +242,6 @@ def analyse(run_dir: str | os.PathLike) -> Analysis:
 
 
 # ---- formatting ---------------------------------------------------------------------------------
-
-
-def display_name(label: str) -> str:
-    base = optimizer_labels.base_label(label)
-    name = DISPLAY_NAMES.get(base, base)
-    return name + "_C" if optimizer_labels.is_memory(label) else name
 
 
 def format_value(metric: str, summary: tuple[float, float, int]) -> str:
@@ -548,33 +530,3 @@ def result_rows(analysis: Analysis) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_report(
-    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, with_plots: bool = True
-) -> tuple[Analysis, str, Path]:
-    """Write report.md, table.csv, results.csv (and plots/) into ``out_dir`` (default: run_dir)."""
-    analysis = analyse(run_dir)
-    out = Path(out_dir) if out_dir else Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, list[str]] = {}
-    if with_plots:
-        from critgrad.bench import plots as plotting
-
-        for result in analysis.problems:
-            written = plotting.plot_problem(result, analysis.protocol, out / "plots")
-            plots[result.problem] = [os.path.relpath(p, out) for p in written]
-    text = markdown(analysis, plots)
-    (out / "report.md").write_text(text)
-    _write_csv(out / "table.csv", table_rows(analysis))
-    _write_csv(out / "results.csv", result_rows(analysis))
-    return analysis, text, out / "report.md"

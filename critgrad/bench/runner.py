@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from critgrad.bench import optimizer_labels
+from critgrad.bench import data_parallel, optimizer_labels
 from critgrad.bench.problems import get_problem
-from critgrad.bench.records import RECORD_FORMAT, RunSpec, finite_or_none
+from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
 
 def machine_info() -> dict[str, Any]:
@@ -54,6 +54,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # Under torchrun: the processes that trained the run data-parallel.
+        **({"processes": data_parallel.world()[1]} if data_parallel.world()[1] > 1 else {}),
     }
 
 
@@ -120,6 +122,8 @@ def run(
     from critgrad.bench import sinks  # optional back ends, imported only when a run starts
 
     started = time.perf_counter()
+    # Under torchrun the other processes train it too, with as many threads as this one.
+    data_parallel.announce((spec, data_dir, torch.get_num_threads()))
     problem = get_problem(spec.problem)
     seed_everything(spec.seed)
     task = problem.build(spec.size, spec.seed, data_dir, spec.overrides)
@@ -172,7 +176,7 @@ def run(
         return point
 
     total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
-    bar = _progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
+    bar = progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
     divergence: dict[str, Any] | None = None
     try:
         divergence = _point_divergence(evaluate_point(0.0), parameters)
@@ -183,8 +187,8 @@ def run(
             tick = time.perf_counter()
             for batch_in_epoch, batch in enumerate(task.train_batches(generator), start=1):
                 optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(task.model, batch)
-                host_loss = loss.detach().float().cpu()
+                loss = data_parallel.loss(task, batch)  # this process's part under torchrun
+                host_loss = data_parallel.batch_loss(loss).float().cpu()
                 if not math.isfinite(host_loss.item()):
                     divergence = {
                         "step": state["step"] + 1,
@@ -193,6 +197,7 @@ def run(
                     }
                     break
                 loss.backward()
+                data_parallel.sum_gradients(parameters)
                 if task.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, task.grad_clip)
                 before_step = time.perf_counter()
@@ -221,7 +226,7 @@ def run(
     return finite_or_none(
         {
             "format": RECORD_FORMAT,
-            "key": spec.key(),
+            "key": spec.run_id(),
             "spec": spec.to_dict(),
             "optimizer_name": optimizer_name,
             "optimizer_arguments": arguments,
@@ -230,7 +235,7 @@ def run(
             "higher_is_better": task.higher_is_better,
             "epochs": task.epochs,
             "history": history,
-            "final": {key: None if divergence else last[key] for key in FINAL_KEYS},
+            "final": {key: None if divergence else last[key] for key in FINAL_FIELDS},
             "diverged": divergence is not None,
             "divergence": divergence,
             "steps": state["step"],
@@ -243,9 +248,6 @@ def run(
             ),
         }
     )
-
-
-FINAL_KEYS = ("train_loss", "valid_loss", "valid_metric", "test_loss", "test_metric")
 
 
 def _finite(value: Any) -> bool:
@@ -262,7 +264,7 @@ def _point_divergence(
     ):
         cause = "non-finite parameters"
     else:
-        bad = [key for key in FINAL_KEYS if not _finite(point[key])]
+        bad = [key for key in FINAL_FIELDS if not _finite(point[key])]
         if bad:
             cause = f"non-finite {', '.join(key.replace('_', ' ') for key in bad)}"
     if cause is None:
@@ -278,7 +280,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
+def progress_bar(enabled: bool, total: int | None, description: str, unit: str = "step"):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

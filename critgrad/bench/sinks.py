@@ -33,8 +33,9 @@ class Sink(Protocol):
 
 
 def run_name(spec) -> str:
-    """problem/optimizer/seed-key: the key tells configurations apart (the record has the spec)."""
-    return f"{spec.problem}/{spec.optimizer}/seed{spec.seed}-{spec.key()}"
+    """problem/optimizer/seed-run id: the run id tells configurations apart (the record has the
+    spec)."""
+    return f"{spec.problem}/{spec.optimizer}/seed{spec.seed}-{spec.run_id()}"
 
 
 WANDB_MODES = ("online", "offline", "disabled")

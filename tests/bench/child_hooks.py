@@ -74,20 +74,20 @@ def _hold(key: str) -> None:
 
 
 def _install() -> None:
-    from critgrad.bench import claims, optimizer_labels, runner, sweep
+    from critgrad.bench import claims, executors, optimizer_labels, runner
 
     if os.environ.get("CRITGRAD_TEST_QUICK"):
         claims.HEARTBEAT = 0.1
-        sweep.POLL_SECONDS = 0.1
+        executors.POLL_SECONDS = 0.1
     real_run, real_create, real_fsync = runner.run, optimizer_labels.create, os.fsync
     current = {"key": "?", "runs": 0}
 
     def run(spec, **kwargs):
-        current["key"] = spec.key()
+        current["key"] = spec.run_id()
         current["runs"] += 1
-        _log("start", spec.key())
+        _log("start", spec.run_id())
         record = real_run(spec, **kwargs)
-        _log("end", spec.key())
+        _log("end", spec.run_id())
         return record
 
     def create(label, model, hyperparameters):
@@ -120,12 +120,12 @@ def _install() -> None:
         os.fsync = fsync
 
 
-class _AfterSweepImport(importlib.abc.MetaPathFinder):
-    """Installs the hooks when ``critgrad.bench.sweep`` is first imported: the processes that
+class _AfterExecutorsImport(importlib.abc.MetaPathFinder):
+    """Installs the hooks when ``critgrad.bench.executors`` is first imported: the processes that
     never import it (multiprocessing's resource tracker) do not pay for importing torch."""
 
     def find_spec(self, name, path, target=None):
-        if name != "critgrad.bench.sweep":
+        if name != "critgrad.bench.executors":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -140,4 +140,4 @@ class _AfterSweepImport(importlib.abc.MetaPathFinder):
 
 
 if EVENTS:
-    sys.meta_path.insert(0, _AfterSweepImport())
+    sys.meta_path.insert(0, _AfterExecutorsImport())

@@ -155,6 +155,16 @@ def test_run_writes_records_and_report_then_resumes(capsys, tmp_path, mnist_dir)
     assert code == 0 and "0 run(s) done, 4 already finished" in err, err
 
 
+def test_no_report_writes_and_prints_none(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    argv = ["run", "mnist-logreg", "--optimizers", "sgd", "--epochs", "1", "--out", out]
+    code, printed, err = run_cli(
+        capsys, *argv, "--data-dir", mnist_dir, "--quiet", "--no-report", *TINY
+    )
+    assert code == 0 and "1 run(s) done" in err, err
+    assert printed == "" and "report:" not in err and not (out / "report.md").exists()
+
+
 def test_sweep_command_with_a_toml_file(capsys, tmp_path, mnist_dir):
     config = tmp_path / "s.toml"
     overrides = "\n".join(f"{k} = {v}" for k, v in {**TINY_OVERRIDES, "epochs": 1}.items())

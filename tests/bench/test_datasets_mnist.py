@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from benchtools import TINY_TEST, TINY_TRAIN, tiny_images, write_idx_gz, write_tiny_mnist
 
+from critgrad.bench.contract import CorruptData, DataUnavailable
 from critgrad.bench.datasets import idx, locate, mnist
-from critgrad.bench.problem import CorruptData, DataUnavailable
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])

@@ -23,8 +23,8 @@ from fixtures_other import (
 )
 
 from critgrad.bench import datasets
+from critgrad.bench.contract import DataUnavailable
 from critgrad.bench.datasets import cifar, snli, svmlight, text
-from critgrad.bench.problem import DataUnavailable
 
 # --------------------------------------------------------------------------------------------
 # Missing data: one message naming the data set, the files, the folders searched and the remedy.

@@ -12,10 +12,10 @@ import torch
 from fixtures_multiwoz import NAMES, RESTAURANTS, TRAINS, write_multiwoz
 
 from critgrad.bench import cli, dialogue_metrics, problems, runner
+from critgrad.bench.contract import DataUnavailable
 from critgrad.bench.datasets import multiwoz as multiwoz_data
-from critgrad.bench.problem import DataUnavailable
 from critgrad.bench.problems import multiwoz
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 TINY = {
     "embedding_dim": 16,

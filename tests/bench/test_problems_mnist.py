@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from critgrad.bench import problems
-from critgrad.bench.problem import ProblemSpec
+from critgrad.bench.contract import ProblemSpec
 
 MNIST_PROBLEMS = {  # name -> (parameters, cpu epochs, cpu train size)
     "mnist-logreg": (7_850, 3, 50_000),

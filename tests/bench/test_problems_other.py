@@ -13,8 +13,8 @@ from benchtools import write_tiny_mnist
 from fixtures_other import write_cifar, write_ptb, write_snli, write_svmlight, write_wikitext2
 
 from critgrad.bench import problems
+from critgrad.bench.contract import DataUnavailable
 from critgrad.bench.datasets import text
-from critgrad.bench.problem import DataUnavailable
 from critgrad.bench.problems import convex, language, vision
 
 VISION_TINY = {

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from critgrad.bench import records
-from critgrad.bench.records import RunSpec
+from critgrad.bench import record_format, records
+from critgrad.bench.record_format import RunSpec
 
 SPEC = RunSpec("mnist-mlp", "adam_c", {"lr": 1e-3, "topC": 10}, seed=3, overrides={"epochs": 1})
 
@@ -31,13 +31,13 @@ POINT = {
 def minimal_record(spec: RunSpec = SPEC, **extra) -> dict:
     """The fields every record has that selection, the report and the plots read."""
     return {
-        "format": records.RECORD_FORMAT,
-        "key": spec.key(),
+        "format": record_format.RECORD_FORMAT,
+        "key": spec.run_id(),
         "spec": spec.to_dict(),
         "metric": "accuracy",
         "higher_is_better": True,
         "history": [dict(POINT)],
-        "final": {**{k: POINT[k] for k in records.FINAL_FIELDS}, "test_metric": 0.5},
+        "final": {**{k: POINT[k] for k in record_format.FINAL_FIELDS}, "test_metric": 0.5},
         "diverged": False,
         "steps": 0,
         "wall_seconds": 1.0,
@@ -89,8 +89,8 @@ def minimal_record(spec: RunSpec = SPEC, **extra) -> dict:
     ],
 )
 def test_key_depends_on_every_field_but_not_on_dict_order(other, same):
-    assert (other.key() == SPEC.key()) is same
-    assert len(SPEC.key()) == 16 and SPEC.file_name().startswith("mnist-mlp__adam_c__")
+    assert (other.run_id() == SPEC.run_id()) is same
+    assert len(SPEC.run_id()) == 16 and SPEC.file_name().startswith("mnist-mlp__adam_c__")
 
 
 def test_key_is_stable_across_versions_of_this_code():
@@ -100,7 +100,7 @@ def test_key_is_stable_across_versions_of_this_code():
         '"overrides":{},"problem":"p","seed":0,"size":"cpu"}'
     )
     assert hashlib.sha256(canonical.encode()).hexdigest()[:16] == "7e547e31a6de499c"
-    assert RunSpec("p", "sgd", {"lr": 0.1}, 0).key() == "7e547e31a6de499c"
+    assert RunSpec("p", "sgd", {"lr": 0.1}, 0).run_id() == "7e547e31a6de499c"
 
 
 def test_spec_round_trips_through_dict():
@@ -146,7 +146,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
                 ({"history": []}, "field 'history' should be a non-empty list"),
                 ({"final": {"test_metric": 0.5}}, "missing field 'final.train_loss'"),
                 (
-                    {"final": {**dict.fromkeys(records.FINAL_FIELDS), "valid_metric": "x"}},
+                    {"final": {**dict.fromkeys(record_format.FINAL_FIELDS), "valid_metric": "x"}},
                     "final.valid_metric",
                 ),
                 ({"history": [{"step": 0}]}, "missing field 'history[0].epoch'"),
@@ -160,16 +160,16 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         ),
         *(
             (json.dumps({k: v for k, v in minimal_record().items() if k != key}), f"'{key}'")
-            for key in records.RECORD_FIELDS
+            for key in record_format.RECORD_FIELDS
         ),
     ],
 )
 def test_broken_records_are_reported_not_fatal(tmp_path, content, reason):
     good = records.write_record(tmp_path, minimal_record())
-    bad = tmp_path / SPEC.file_name().replace(SPEC.key(), "0" * 16)
+    bad = tmp_path / SPEC.file_name().replace(SPEC.run_id(), "0" * 16)
     bad.write_bytes(content.encode("utf-8", "surrogateescape"))
     found, broken = records.read_records(tmp_path)
-    assert [r["key"] for r in found] == [SPEC.key()] and good.exists()
+    assert [r["key"] for r in found] == [SPEC.run_id()] and good.exists()
     assert len(broken) == 1 and str(bad) in broken[0] and reason in broken[0]
     assert "\n" not in broken[0]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from benchtools import TINY_OVERRIDES
 
-from critgrad.bench import cli, records
+from critgrad.bench import cli, record_format, records
 from critgrad.bench.problems import list_problems
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -272,14 +272,14 @@ def test_numpy_scalars_are_plain_numbers_in_records(tmp_path, mnist_dir):
     (record,) = records.read_records(plan.out)[0]
     assert record["spec"]["hyperparameters"] == {"lr": 0.1, "topC": 3, "decay": 0.7}
     assert record["spec"]["overrides"]["epochs"] == 1 and record["steps"] == 4
-    plain = records.RunSpec(
+    plain = record_format.RunSpec(
         "mnist-logreg",
         "sgd_c",
         {"lr": 0.1, "topC": 3, "decay": 0.7},
         0,
         overrides={**TINY_OVERRIDES, "epochs": 1, "grad_clip": 10.0},
     )
-    assert record["key"] == plain.key()  # the same run, whichever way its numbers were typed
+    assert record["key"] == plain.run_id()  # the same run, whichever way its numbers were typed
 
 
 # ---- 4. output folders that cannot be written ---------------------------------------------------
@@ -1032,6 +1032,7 @@ def _plan(out, mnist_dir, **change):
 )
 def test_a_resweep_with_another_plan_is_refused_before_it_runs(tmp_path, mnist_dir, change, words):
     from critgrad.bench import protocols, sweep
+    from critgrad.bench.manifest import read_manifest
 
     first = _plan(tmp_path / "out", mnist_dir)
     assert sweep.run_sweep(first, progress=False).ran == 1
@@ -1044,11 +1045,12 @@ def test_a_resweep_with_another_plan_is_refused_before_it_runs(tmp_path, mnist_d
         sweep.run_sweep(second, progress=False)
     assert words in str(error.value)
     assert len(records.read_records(first.out)[0]) == 1  # nothing mixed in
-    assert len(sweep.read_manifest(first.out)["sessions"]) == 1
+    assert len(read_manifest(first.out)["sessions"]) == 1
 
 
 def test_more_seeds_and_more_problems_extend_the_plan(tmp_path, mnist_dir):
     from critgrad.bench import protocols, sweep
+    from critgrad.bench.manifest import read_manifest
 
     sweep.run_sweep(_plan(tmp_path / "out", mnist_dir), progress=False)
     more = _plan(
@@ -1059,7 +1061,7 @@ def test_more_seeds_and_more_problems_extend_the_plan(tmp_path, mnist_dir):
     )
     outcome = sweep.run_sweep(more, progress=False)
     assert (outcome.ran, outcome.skipped) == (2, 0)
-    manifest = sweep.read_manifest(more.out)
+    manifest = read_manifest(more.out)
     assert (
         manifest["protocol"]["seeds"] == [0, 1]
         and "2 seeds (0, 1)" in manifest["protocol"]["notes"]
@@ -1069,14 +1071,15 @@ def test_more_seeds_and_more_problems_extend_the_plan(tmp_path, mnist_dir):
 
 
 def test_a_killed_session_keeps_its_wall_time(tmp_path, mnist_dir):
-    from critgrad.bench import sessions, sweep
+    from critgrad.bench import claims, sweep
+    from critgrad.bench.manifest import read_manifest, write_manifest
 
     plan = _plan(tmp_path / "out", mnist_dir)
     plan.out.mkdir()
     # A session that refreshed itself after 40 s of work and then was killed (its pid is gone).
     killed = {
         "id": "k1",
-        "owner": {"host": sessions.claims.HOST, "pid": _dead_pid(), "pid_started": None},
+        "owner": {"host": claims.HOST, "pid": _dead_pid(), "pid_started": None},
         "started": "2026-01-01T00:00:00+00:00",
         "started_unix": 1767225600.0,
         "updated_unix": 1767225640.0,
@@ -1084,9 +1087,9 @@ def test_a_killed_session_keeps_its_wall_time(tmp_path, mnist_dir):
         "status": "running",
         "wall_seconds": 40.0,
     }
-    sweep.write_manifest(plan, [killed], None)
+    write_manifest(plan, [killed], None)
     sweep.run_sweep(plan, progress=False)
-    manifest = sweep.read_manifest(plan.out)
+    manifest = read_manifest(plan.out)
     first, second = manifest["sessions"]
     assert first["status"] == "killed" and first["wall_seconds"] == 40.0
     assert second["status"] == "finished" and second["ran"] == 1
@@ -1104,7 +1107,7 @@ def test_a_killed_session_keeps_its_wall_time(tmp_path, mnist_dir):
     ],
 )
 def test_wall_time_is_the_time_any_session_worked(sessions_, expected):
-    from critgrad.bench.sessions import busy_seconds
+    from critgrad.bench.manifest import busy_seconds
 
     entries = [
         {"started_unix": start, "wall_seconds": wall}
@@ -1152,7 +1155,7 @@ def _reference(spec_dict, mnist_dir):
     torch.set_num_threads(1)
     try:
         return runner.without_timings(
-            runner.run(records.RunSpec.from_dict(spec_dict), data_dir=str(mnist_dir))
+            runner.run(record_format.RunSpec.from_dict(spec_dict), data_dir=str(mnist_dir))
         )
     finally:
         torch.set_num_threads(threads)
@@ -1307,7 +1310,8 @@ def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypa
 
     from child_hooks import environment, read_events, wait_for
 
-    from critgrad.bench import runner, sweep
+    from critgrad.bench import executors, runner, sweep, sweep_file
+    from critgrad.bench.manifest import read_manifest
 
     try:
         import submitit  # noqa: F401
@@ -1335,13 +1339,13 @@ def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypa
         assert child.poll() is None, _stop(child)
 
         trained_here, real_run = [], runner.run
-        monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+        monkeypatch.setattr(executors, "POLL_SECONDS", 0.05)
         monkeypatch.setattr(
             runner,
             "run",
-            lambda spec, **kw: trained_here.append(spec.key()) or real_run(spec, **kw),
+            lambda spec, **kw: trained_here.append(spec.run_id()) or real_run(spec, **kw),
         )
-        plan = sweep.parse_config(sweep.read_config_file(config))
+        plan = sweep_file.parse_config(sweep_file.read_config_file(config))
         if executor == "submitit":
             plan.executor["kind"] = "submitit"
             plan.submitit = {"cluster": "debug"}
@@ -1373,12 +1377,13 @@ def test_two_concurrent_sweeps_train_each_run_once(tmp_path, mnist_dir, monkeypa
     assert trained_by_a and trained_here
     a_done = int(a_err.split(" run(s) done")[0].split()[-1])
     assert a_done + outcome.ran == 3
-    manifest = sweep.read_manifest(out)
+    manifest = read_manifest(out)
     assert [s["status"] for s in manifest["sessions"]] == ["finished", "finished"]
 
 
 def test_a_manifest_of_earlier_versions_is_joined_not_replaced(tmp_path, mnist_dir):
     from critgrad.bench import sweep
+    from critgrad.bench.manifest import read_manifest, write_manifest
 
     plan = _plan(tmp_path / "out", mnist_dir)
     plan.out.mkdir()
@@ -1399,9 +1404,9 @@ def test_a_manifest_of_earlier_versions_is_joined_not_replaced(tmp_path, mnist_d
             "skipped": 0,
         },
     ]
-    sweep.write_manifest(plan, earlier, "critgrad run mnist-logreg")
+    write_manifest(plan, earlier, "critgrad run mnist-logreg")
     sweep.run_sweep(plan, progress=False)
-    manifest = sweep.read_manifest(plan.out)
+    manifest = read_manifest(plan.out)
     first, second, third = manifest["sessions"]
     assert {k: first[k] for k in earlier[0]} == earlier[0]
     assert second["status"] == "killed" and third["status"] == "finished"

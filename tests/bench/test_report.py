@@ -9,7 +9,7 @@ import shutil
 import pytest
 from benchtools import FIXTURES
 
-from critgrad.bench import report
+from critgrad.bench import report, report_files
 
 FIXTURE = FIXTURES / "report_run"
 
@@ -126,7 +126,7 @@ def test_lower_is_better_marks_the_smaller_mean():
 
 
 def test_written_files_csv_and_plots(tmp_path):
-    _analysis, text, path = report.write_report(FIXTURE, tmp_path)
+    _analysis, text, path = report_files.write_report(FIXTURE, tmp_path)
     assert path.read_text() == text
     with open(tmp_path / "table.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -241,7 +241,7 @@ def test_a_pair_where_everything_diverged_still_gets_its_report(copied, tmp_path
     for label, lrs in (("sgd", (0.1, 0.01)), ("sgd_c", (0.1, 0.01))):
         for lr in lrs:
             _mark_diverged(copied, label, lr, {0, 1, 2})
-    analysis, text, _ = report.write_report(copied, tmp_path / "out")  # with plots
+    analysis, text, _ = report_files.write_report(copied, tmp_path / "out")  # with plots
     row = "| SGD | diverged (all 2 configurations) | diverged (all 2 configurations) |"
     assert row in text and "| Adam | **98.00 ± 1.00** | 96.00 ± 1.00 |" in text
     assert report.unresolved_lines(analysis) == [

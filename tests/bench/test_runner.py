@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from critgrad.bench import optimizer_labels, runner
-from critgrad.bench.records import RunSpec
+from critgrad.bench import optimizer_labels, record_format, runner
+from critgrad.bench.record_format import RunSpec
 
 RUNS = {  # label -> hyperparameters; every family of the main job
     "sgd": {"lr": 0.1},
@@ -83,7 +83,7 @@ def test_divergence_stops_the_run_and_is_recorded(mnist_dir, tiny_overrides):
     assert where["cause"] == "non-finite training loss" and where["step"] == record["steps"] + 1
     assert 1 < where["step"] <= 12 and where["epoch"] == pytest.approx((where["step"] - 1) / 4)
     # No number of a diverged model reaches the record's final numbers.
-    assert record["final"] == dict.fromkeys(runner.FINAL_KEYS)
+    assert record["final"] == dict.fromkeys(record_format.FINAL_FIELDS)
     assert all(math.isfinite(p["train_loss"]) for p in record["history"][1:])
 
 

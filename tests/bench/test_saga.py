@@ -13,9 +13,9 @@ from benchtools import write_tiny_mnist
 from fixtures_other import write_svmlight
 
 from critgrad.bench import optimizer_labels, problems, runner, saga
+from critgrad.bench.contract import Task
 from critgrad.bench.finite_sum import LinearFiniteSum, cross_entropy_rows, half_squared_error_rows
-from critgrad.bench.problem import Task
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 DOUBLE = torch.float64
 

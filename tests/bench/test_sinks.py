@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from critgrad.bench import runner, sinks
-from critgrad.bench.records import RunSpec
+from critgrad.bench.record_format import RunSpec
 
 
 def test_tensorboard_sink_writes_event_files(tmp_path, mnist_dir, tiny_overrides):
@@ -18,7 +18,7 @@ def test_tensorboard_sink_writes_event_files(tmp_path, mnist_dir, tiny_overrides
     )
     events = list((tmp_path / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
-    assert spec.key() in str(events[0])
+    assert spec.run_id() in str(events[0])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(events[0].parent))

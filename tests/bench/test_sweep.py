@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from critgrad.bench import protocols, records, runner, sweep
-from critgrad.bench.problem import DataUnavailable
+from critgrad.bench import (
+    preflight,
+    protocols,
+    record_format,
+    records,
+    runner,
+    selection,
+    sweep,
+    sweep_file,
+)
+from critgrad.bench.contract import DataUnavailable
+from critgrad.bench.manifest import read_manifest, write_manifest
 
 
 def make_sweep(
@@ -37,7 +47,7 @@ def test_sweep_runs_both_stages_then_resumes_with_nothing_to_do(
     assert (outcome.ran, outcome.skipped, outcome.failed) == (6, 0, [])
     stored, broken = records.read_records(plan.out)
     assert len(stored) == 6 and broken == []
-    selected = sweep.selected_configs(stored, plan.protocol)
+    selected = selection.selected_configs(stored, plan.protocol)
     for label, config in selected.items():
         seeds = sorted(
             r["spec"]["seed"]
@@ -48,7 +58,7 @@ def test_sweep_runs_both_stages_then_resumes_with_nothing_to_do(
         assert seeds == [0, 1]
     again = sweep.run_sweep(plan, progress=False)
     assert (again.ran, again.skipped) == (0, 6)
-    manifest = sweep.read_manifest(plan.out)
+    manifest = read_manifest(plan.out)
     assert len(manifest["sessions"]) == 2 and manifest["command"] is None
     assert manifest["protocol"]["budget"] == {"sgd": 2, "sgd_c": 2}
     assert [s["status"] for s in manifest["sessions"]] == ["finished", "finished"]
@@ -76,7 +86,7 @@ def test_a_killed_sweep_resumes_and_broken_records_rerun(
         sweep.run_sweep(plan, progress=False)
     monkeypatch.setattr(runner, "run", real_run)
     assert len(records.read_records(plan.out)[0]) == 2
-    session = sweep.read_manifest(plan.out)["sessions"][0]
+    session = read_manifest(plan.out)["sessions"][0]
     assert session["finished"] is not None and session["ran"] == 2
 
     stored = sorted(plan.out.glob("*.json"))
@@ -136,12 +146,12 @@ def test_preflight_rejects_unknown_overrides(tmp_path, mnist_dir, overrides, mat
     plan = make_sweep(tmp_path / "run", mnist_dir, {})
     plan.overrides = overrides
     with pytest.raises(ValueError, match=match):
-        sweep.preflight(plan)
+        preflight.preflight(plan)
 
 
 def test_an_output_folder_with_another_grid_is_refused(tmp_path, mnist_dir, tiny_overrides):
     plan = make_sweep(tmp_path / "run", mnist_dir, tiny_overrides)
-    sweep.write_manifest(plan, [], None)
+    write_manifest(plan, [], None)
     plan.protocol = protocols.fair(["sgd", "sgd_c"], lrs=[0.5], seeds=[0, 1])
     with pytest.raises(ValueError, match="another protocol or grid"):
         sweep.run_sweep(plan, progress=False)
@@ -160,7 +170,9 @@ def test_local_process_pool(tmp_path, mnist_dir, tiny_overrides):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        inline = runner.run(records.RunSpec.from_dict(stored[0]["spec"]), data_dir=str(mnist_dir))
+        inline = runner.run(
+            record_format.RunSpec.from_dict(stored[0]["spec"]), data_dir=str(mnist_dir)
+        )
     finally:
         torch.set_num_threads(threads)
     assert runner.without_timings(inline)["history"] == runner.without_timings(stored[0])["history"]
@@ -233,16 +245,16 @@ sinks: {tensorboard: true}
 def test_toml_and_yaml_sweep_files_mean_the_same(tmp_path):
     (tmp_path / "a.toml").write_text(TOML)
     (tmp_path / "a.yaml").write_text(YAML)
-    from_toml = sweep.parse_config(sweep.read_config_file(tmp_path / "a.toml"))
-    from_yaml = sweep.parse_config(sweep.read_config_file(tmp_path / "a.yaml"))
+    from_toml = sweep_file.parse_config(sweep_file.read_config_file(tmp_path / "a.toml"))
+    from_yaml = sweep_file.parse_config(sweep_file.read_config_file(tmp_path / "a.yaml"))
     assert from_toml == from_yaml
     assert from_toml.problem_overrides("mnist-logreg") == {"epochs": 2, "batch_size": 32}
     assert from_toml.protocol.budget() == {"sgd": 2, "sgd_c": 2, "adam": 2, "adam_c": 2}
     assert from_toml.protocol.configs["adam_c"][0]["weight_decay"] == 0.0001
     assert from_toml.executor == {"kind": "inline", "workers": 2, "threads": 1}
     assert from_toml.out == Path("runs/x")
-    assert sweep.parse_config(
-        sweep.read_config_file(tmp_path / "a.toml"), out="elsewhere"
+    assert sweep_file.parse_config(
+        sweep_file.read_config_file(tmp_path / "a.toml"), out="elsewhere"
     ).out == Path("elsewhere")
 
 
@@ -268,7 +280,7 @@ def test_bad_sweep_files(tmp_path, change, match):
     lines = [f"{k} = {v}" for k, v in base.items() if k != key]
     (tmp_path / "bad.toml").write_text("\n".join(lines) + "\n" + textwrap.dedent(change) + "\n")
     with pytest.raises((ValueError, KeyError), match=match):
-        sweep.parse_config(sweep.read_config_file(tmp_path / "bad.toml"))
+        sweep_file.parse_config(sweep_file.read_config_file(tmp_path / "bad.toml"))
 
 
 @pytest.mark.parametrize(
@@ -283,12 +295,12 @@ def test_bad_sweep_files(tmp_path, change, match):
 def test_unreadable_sweep_files(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=match):
-        sweep.read_config_file(tmp_path / name)
+        sweep_file.read_config_file(tmp_path / name)
 
 
 def test_missing_sweep_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        sweep.read_config_file(tmp_path / "none.toml")
+        sweep_file.read_config_file(tmp_path / "none.toml")
 
 
 @pytest.mark.parametrize(
@@ -299,7 +311,7 @@ def test_missing_sweep_file(tmp_path):
 def test_shipped_sweep_files_parse(path):
     from critgrad.bench.problems import get_problem
 
-    parsed = sweep.parse_config(sweep.read_config_file(path))
+    parsed = sweep_file.parse_config(sweep_file.read_config_file(path))
     for name in parsed.problems:
         get_problem(name)
     assert len(set(parsed.protocol.budget().values())) == 1 or parsed.protocol.name == "paper"

@@ -2,10 +2,10 @@
 
 Each loader module registers a *locator* for the data sets it reads: ``locator(data_dir)`` returns
 a short description of where the files are, or raises
-:class:`~critgrad.bench.problem.DataUnavailable` naming the files expected and the folders
+:class:`~critgrad.bench.contract.DataUnavailable` naming the files expected and the folders
 searched. A loader may also register a *verifier*: ``verify(data_dir)`` reads what is cheap to read
 (whole files for the image sets, the first lines of multi-gigabyte text files) and raises
-:class:`~critgrad.bench.problem.CorruptData` naming the bad file. ``critgrad list`` shows each
+:class:`~critgrad.bench.contract.CorruptData` naming the bad file. ``critgrad list`` shows each
 problem's data status with :func:`verify` ("ok", "missing", "corrupt"), and a sweep's preflight
 verifies the data of its problems once, before the first run.
 """

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from critgrad.bench.problem import DataUnavailable
+from critgrad.bench.contract import DataUnavailable
 
 ENV_VAR = "CRITGRAD_DATA_DIR"
 

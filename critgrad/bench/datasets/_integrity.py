@@ -1,7 +1,7 @@
 """Reading files from user folders without trusting them.
 
 Every loader reads through these helpers, so that a file that is empty, truncated, not in its
-format, or larger than any real one gives one :class:`~critgrad.bench.problem.CorruptData` naming
+format, or larger than any real one gives one :class:`~critgrad.bench.contract.CorruptData` naming
 the file, never an ``EOFError`` from deep inside a decompressor; and so that nothing in a data
 folder can run code:
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from critgrad.bench.problem import CorruptData
+from critgrad.bench.contract import CorruptData
 
 # Larger than any file of the supported data sets (CIFAR's train pickle is 150 MB, MNIST's largest
 # idx file 47 MB; GloVe and SNLI are streamed, not read whole); a file claiming more is not one.

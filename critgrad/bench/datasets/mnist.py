@@ -15,7 +15,7 @@ The validation split is the last 10,000 images of a fixed permutation of the 60,
 
 Every file is checked as it is read: an idx file of uint8 images (N, 28, 28) or uint8 labels (N,)
 in 0..9, images and labels of a split in equal numbers; a damaged, truncated or empty file is a
-:class:`~critgrad.bench.problem.CorruptData` naming it. A file with the official release's count
+:class:`~critgrad.bench.contract.CorruptData` naming it. A file with the official release's count
 (60,000 or 10,000) must also be the official file: its decompressed bytes hash to the official
 contents (or, for a ``.gz``, the file itself hashes to the md5 the release publishes). Smaller files
 (a subset, a test fixture) are checked for their structure only.
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from critgrad.bench.contract import DataUnavailable
 from critgrad.bench.datasets import register_locator
 from critgrad.bench.datasets._integrity import corrupt, file_identity, md5, once
 from critgrad.bench.datasets.idx import parse_idx, read_idx_bytes
-from critgrad.bench.problem import DataUnavailable
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

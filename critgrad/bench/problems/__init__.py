@@ -1,17 +1,21 @@
 """The registry of benchmark problems, by name (``critgrad list`` shows them).
 
-Each module named in ``_MODULES`` defines its problems and calls :func:`register` at import. Modules
-are imported in order on first use of the registry; one that does not exist is skipped, so the
-registry works while problem families are added, but an error inside an existing module surfaces.
+Each problem is a function named after it that builds its :class:`~critgrad.bench.contract.Task`
+(``def mnist_mlp(settings, seed, data_dir) -> Task``), registered right below it in its family's
+module with ``register(ProblemSpec(name="mnist-mlp", builder=mnist_mlp, ...))``. A new problem is
+those two things in a family module; a new family is a module here whose name is added to
+``_MODULES``. The modules are imported in order on first use of the registry; one that does not
+exist is skipped, so the registry works while problem families are added, but an error inside an
+existing module surfaces.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from critgrad.bench.problem import ProblemSpec
+from critgrad.bench.contract import ProblemSpec
 
-_MODULES = ("mnist", "vision", "language", "snli", "convex", "multiwoz")
+_MODULES = ("mnist", "vision", "language", "snli", "convex", "multiwoz")  # problem families
 
 _REGISTRY: dict[str, ProblemSpec] = {}
 _loaded = False

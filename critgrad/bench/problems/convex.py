@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import mnist as mnist_data
 from critgrad.bench.datasets import svmlight
 from critgrad.bench.finite_sum import LinearFiniteSum, cross_entropy_rows
-from critgrad.bench.problem import ProblemSpec, Task, integer, number, shuffled_batches
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import shuffled_batches
 
 SETTINGS = {
     "rows": 5_000,
@@ -180,37 +181,59 @@ def _mnist_data(settings: dict[str, Any], data_dir: str | None):
     return _CACHE[key]
 
 
-def _builder(dataset: str):
-    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
-        if dataset == "mnist":
-            data, classes, source = _mnist_data(settings, data_dir)
-        else:
-            data, classes, source = _svmlight_data(dataset, settings, data_dir)
-        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        return logistic_regression_task(data, classes, settings, {"data_folder": source})
-
-    return build
+def _task(data, classes: int, source: str, settings: dict[str, Any], seed: int) -> Task:
+    torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+    return logistic_regression_task(data, classes, settings, {"data_folder": source})
 
 
-for _name, _dataset, _description in (
-    ("covtype-logreg", "covtype", "covtype (LIBSVM), L2 multinomial logistic regression"),
-    ("rcv1-logreg", "rcv1", "rcv1 (LIBSVM, binary), L2 multinomial logistic regression"),
-    (
+def _convex_problem(name: str, dataset: str, description: str, builder) -> ProblemSpec:
+    """A problem of this row: the same settings at both sizes."""
+    return ProblemSpec(
+        name=name,
+        description=description,
+        dataset=dataset,
+        metric="train_loss",
+        higher_is_better=False,
+        sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
+        builder=builder,
+        schema=SCHEMA,
+    )
+
+
+def covtype_logreg(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _task(*_svmlight_data("covtype", settings, data_dir), settings, seed)
+
+
+def rcv1_logreg(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _task(*_svmlight_data("rcv1", settings, data_dir), settings, seed)
+
+
+def mnist_convex(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _task(*_mnist_data(settings, data_dir), settings, seed)
+
+
+register(
+    _convex_problem(
+        "covtype-logreg",
+        "covtype",
+        "covtype (LIBSVM), L2 multinomial logistic regression",
+        covtype_logreg,
+    )
+)
+register(
+    _convex_problem(
+        "rcv1-logreg",
+        "rcv1",
+        "rcv1 (LIBSVM, binary), L2 multinomial logistic regression",
+        rcv1_logreg,
+    )
+)
+register(
+    _convex_problem(
         "mnist-convex",
         "mnist",
         "MNIST 5,000-row subset, L2 multinomial logistic regression "
         "(offline stand-in for covtype/rcv1)",
-    ),
-):
-    register(
-        ProblemSpec(
-            name=_name,
-            description=_description,
-            dataset=_dataset,
-            metric="train_loss",
-            higher_is_better=False,
-            sizes={"cpu": dict(SETTINGS), "full": dict(SETTINGS)},
-            builder=_builder(_dataset),
-            schema=SCHEMA,
-        )
+        mnist_convex,
     )
+)

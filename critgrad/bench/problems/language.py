@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import text as text_data
 from critgrad.bench.datasets.text import Corpus, batchify, bptt_slices
-from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 FULL = {
@@ -173,37 +172,43 @@ def language_model_task(corpus: Corpus, model: nn.Module, settings: dict[str, An
     )
 
 
-def _builder(load: Callable[[str | None], Corpus]):
-    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
-        corpus = load(data_dir)
-        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        model = LSTMLanguageModel(
-            len(corpus.vocabulary), settings["embedding_dim"], settings["hidden_size"]
-        )
-        return language_model_task(corpus, model, settings)
-
-    return build
-
-
-for _name, _dataset, _description, _load, _cpu in (
-    ("ptb-lstm", "ptb", "Penn Treebank, 1-layer LSTM 64/128 (word level)", text_data.load_ptb, CPU),
-    (
-        "wikitext2-lstm",
-        "wikitext2",
-        "WikiText-2, 1-layer LSTM 64/128 (word level)",
-        text_data.load_wikitext2,
-        WIKITEXT2_CPU,
-    ),
-):
-    register(
-        ProblemSpec(
-            name=_name,
-            description=_description,
-            dataset=_dataset,
-            metric="perplexity",
-            higher_is_better=False,
-            sizes={"cpu": dict(_cpu), "full": dict(FULL)},
-            builder=_builder(_load),
-            schema=SCHEMA,
-        )
+def _lstm_task(corpus: Corpus, settings: dict[str, Any], seed: int) -> Task:
+    torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+    model = LSTMLanguageModel(
+        len(corpus.vocabulary), settings["embedding_dim"], settings["hidden_size"]
     )
+    return language_model_task(corpus, model, settings)
+
+
+def ptb_lstm(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _lstm_task(text_data.load_ptb(data_dir), settings, seed)
+
+
+def wikitext2_lstm(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _lstm_task(text_data.load_wikitext2(data_dir), settings, seed)
+
+
+register(
+    ProblemSpec(
+        name="ptb-lstm",
+        description="Penn Treebank, 1-layer LSTM 64/128 (word level)",
+        dataset="ptb",
+        metric="perplexity",
+        higher_is_better=False,
+        sizes={"cpu": dict(CPU), "full": dict(FULL)},
+        builder=ptb_lstm,
+        schema=SCHEMA,
+    )
+)
+register(
+    ProblemSpec(
+        name="wikitext2-lstm",
+        description="WikiText-2, 1-layer LSTM 64/128 (word level)",
+        dataset="wikitext2",
+        metric="perplexity",
+        higher_is_better=False,
+        sizes={"cpu": dict(WIKITEXT2_CPU), "full": dict(FULL)},
+        builder=wikitext2_lstm,
+        schema=SCHEMA,
+    )
+)

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import mnist as mnist_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import classification_task
 
 # The paper's setting; the cpu sizes below differ only where listed.
 FULL = {
@@ -116,33 +117,47 @@ def image_classification_task(
     return classification_task(data, make_model(), settings, {"data_folder": folder})
 
 
-def _builder(make_model: Callable[[], nn.Module]):
-    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
-        del seed  # the runner seeds torch before building; the split does not depend on it
-        return image_classification_task("mnist", make_model, settings, data_dir)
-
-    return build
-
-
-for _name, _model, _description, _cpu in (
-    ("mnist-logreg", logistic_regression, "MNIST, multinomial logistic regression", {"epochs": 3}),
-    ("mnist-mlp", mlp, "MNIST, MLP 784-32-10 (ReLU)", {"epochs": 3}),
-    (
-        "mnist-cnn",
-        ConvNet,
-        "MNIST, 2 conv + 2 fc with dropout",
-        {"epochs": 2, "train_size": 10_000},
-    ),
-):
-    register(
-        ProblemSpec(
-            name=_name,
-            description=_description,
-            dataset="mnist",
-            metric="accuracy",
-            higher_is_better=True,
-            sizes={"cpu": {**FULL, **_cpu}, "full": dict(FULL)},
-            builder=_builder(_model),
-            schema=SCHEMA,
-        )
+def _mnist_problem(name: str, description: str, builder, cpu: dict[str, Any]) -> ProblemSpec:
+    """An MNIST problem: the paper's setting at size ``full``, with ``cpu``'s changes at ``cpu``."""
+    return ProblemSpec(
+        name=name,
+        description=description,
+        dataset="mnist",
+        metric="accuracy",
+        higher_is_better=True,
+        sizes={"cpu": {**FULL, **cpu}, "full": dict(FULL)},
+        builder=builder,
+        schema=SCHEMA,
     )
+
+
+# The runner seeds torch before building (the initial weights), and the splits do not depend on
+# the seed: the builders below need not look at it.
+
+
+def mnist_logreg(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return image_classification_task("mnist", logistic_regression, settings, data_dir)
+
+
+def mnist_mlp(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return image_classification_task("mnist", mlp, settings, data_dir)
+
+
+def mnist_cnn(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return image_classification_task("mnist", ConvNet, settings, data_dir)
+
+
+register(
+    _mnist_problem(
+        "mnist-logreg", "MNIST, multinomial logistic regression", mnist_logreg, {"epochs": 3}
+    )
+)
+register(_mnist_problem("mnist-mlp", "MNIST, MLP 784-32-10 (ReLU)", mnist_mlp, {"epochs": 3}))
+register(
+    _mnist_problem(
+        "mnist-cnn",
+        "MNIST, 2 conv + 2 fc with dropout",
+        mnist_cnn,
+        {"epochs": 2, "train_size": 10_000},
+    )
+)

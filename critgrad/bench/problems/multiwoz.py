@@ -48,8 +48,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from critgrad.bench import dialogue_metrics
+from critgrad.bench.contract import ProblemSpec, Setting, Task, integer, number
 from critgrad.bench.datasets import multiwoz as multiwoz_data
-from critgrad.bench.problem import ProblemSpec, Setting, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
@@ -411,7 +411,7 @@ def _targets(examples: list[Example], vocab: Vocabulary, max_tokens: int) -> lis
     return [torch.tensor(vocab.encode(e.response[:max_tokens]), dtype=torch.long) for e in examples]
 
 
-def _build_lstm(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+def multiwoz_lstm(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
     data = multiwoz_data.load(data_dir)
     examples = _examples(data, settings)
     train_examples = examples["train"][1]
@@ -455,7 +455,7 @@ def _transformers():
     return transformers
 
 
-def _build_roberta(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+def multiwoz_roberta(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
     data = multiwoz_data.load(data_dir)
     folder = multiwoz_data.locate_pretrained(settings["pretrained"], data_dir)
     transformers = _transformers()
@@ -501,7 +501,7 @@ register(
         metric="bleu",
         higher_is_better=True,
         sizes={"cpu": dict(CPU), "full": dict(FULL)},
-        builder=_build_lstm,
+        builder=multiwoz_lstm,
         schema=SCHEMA,
     )
 )
@@ -513,7 +513,7 @@ register(
         metric="bleu",
         higher_is_better=True,
         sizes={"cpu": {**CPU, **ROBERTA}, "full": {**FULL, **ROBERTA}},
-        builder=_build_roberta,
+        builder=multiwoz_roberta,
         schema=SCHEMA,
     )
 )

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import snli as snli_data
 from critgrad.bench.datasets.snli import SnliSplit
-from critgrad.bench.problem import ProblemSpec, Task, integer, number
 from critgrad.bench.problems import register
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
@@ -232,29 +232,39 @@ def nli_task(data: snli_data.SnliData, encoder: str, settings: dict[str, Any]) -
     )
 
 
-def _builder(encoder: str):
-    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
-        data = snli_data.load(data_dir)
-        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        return nli_task(data, encoder, settings)
-
-    return build
+def _snli_task(encoder: str, settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    data = snli_data.load(data_dir)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+    return nli_task(data, encoder, settings)
 
 
-for _name, _encoder, _description in (
-    ("snli-infersent", "bilstm-max", "SNLI, BiLSTM-max encoder (InferSent) on GloVe"),
-    ("snli-bilstm", "bilstm-last", "SNLI, BiLSTM (last states) encoder on GloVe"),
-    ("snli-convnet", "convnet", "SNLI, hierarchical convnet encoder on GloVe"),
-):
-    register(
-        ProblemSpec(
-            name=_name,
-            description=_description,
-            dataset="snli",
-            metric="accuracy",
-            higher_is_better=True,
-            sizes={"cpu": dict(CPU), "full": dict(FULL)},
-            builder=_builder(_encoder),
-            schema=SCHEMA,
-        )
+def _snli_problem(name: str, description: str, builder) -> ProblemSpec:
+    return ProblemSpec(
+        name=name,
+        description=description,
+        dataset="snli",
+        metric="accuracy",
+        higher_is_better=True,
+        sizes={"cpu": dict(CPU), "full": dict(FULL)},
+        builder=builder,
+        schema=SCHEMA,
     )
+
+
+def snli_infersent(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _snli_task("bilstm-max", settings, seed, data_dir)
+
+
+def snli_bilstm(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _snli_task("bilstm-last", settings, seed, data_dir)
+
+
+def snli_convnet(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _snli_task("convnet", settings, seed, data_dir)
+
+
+register(
+    _snli_problem("snli-infersent", "SNLI, BiLSTM-max encoder (InferSent) on GloVe", snli_infersent)
+)
+register(_snli_problem("snli-bilstm", "SNLI, BiLSTM (last states) encoder on GloVe", snli_bilstm))
+register(_snli_problem("snli-convnet", "SNLI, hierarchical convnet encoder on GloVe", snli_convnet))

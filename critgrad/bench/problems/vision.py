@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import cifar as cifar_data
-from critgrad.bench.problem import ProblemSpec, Task, classification_task, integer, number
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import classification_task
 from critgrad.bench.problems.mnist import SCHEMA as IMAGE_SCHEMA
 from critgrad.bench.problems.mnist import image_classification_task
 
@@ -239,26 +240,61 @@ def cifar_tensors(name: str, settings: dict[str, Any], data_dir: str | None):
     return _TENSOR_CACHE[key], data.source
 
 
-def _cifar_builder(name: str, make_model: Callable[[dict[str, Any], int], nn.Module]):
-    classes = cifar_data.LAYOUTS[name].classes
-
-    def build(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
-        data, source = cifar_tensors(name, settings, data_dir)
-        torch.manual_seed(seed)  # the initial weights are a function of the seed alone
-        return classification_task(
-            data, make_model(settings, classes), settings, {"data_folder": source}
-        )
-
-    return build
+def _cifar_task(
+    name: str, make_model: Callable[[int], nn.Module], settings: dict[str, Any], seed: int, data_dir
+) -> Task:
+    data, source = cifar_tensors(name, settings, data_dir)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+    model = make_model(cifar_data.LAYOUTS[name].classes)
+    return classification_task(data, model, settings, {"data_folder": source})
 
 
-def _build_fashion(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+def _cifar_problem(
+    name: str, dataset: str, description: str, builder, cpu: dict[str, Any], full: dict[str, Any]
+) -> ProblemSpec:
+    """A CIFAR problem: ``full`` (and the authors' ``full-45k`` split) and ``cpu`` differ from
+    :data:`FULL` by the settings given."""
+    return ProblemSpec(
+        name=name,
+        description=f"{description} ({SPLIT_WORDS})",
+        dataset=dataset,
+        metric="accuracy",
+        higher_is_better=True,
+        sizes={
+            "cpu": {**FULL, **full, **cpu},
+            "full": {**FULL, **full},
+            "full-45k": {**FULL, **full, **AUTHORS_SPLIT},
+        },
+        builder=builder,
+        schema=cifar_schema(cifar_data.LAYOUTS[dataset].classes),
+    )
+
+
+def fashion_cnn(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
     # The idx image pipeline (split, standardisation, batches) is the MNIST problems' own.
     def make_model() -> nn.Module:
         torch.manual_seed(seed)
         return LeNet(channels=1, classes=10, side=28)
 
     return image_classification_task("fashion-mnist", make_model, settings, data_dir)
+
+
+def cifar10_cnn(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    return _cifar_task("cifar10", lambda classes: LeNet(3, classes), settings, seed, data_dir)
+
+
+def cifar10_resnet(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    def make_model(classes: int) -> nn.Module:
+        return CifarResNet(settings["depth"], classes, settings["width"])
+
+    return _cifar_task("cifar10", make_model, settings, seed, data_dir)
+
+
+def cifar100_cnn(settings: dict[str, Any], seed: int, data_dir: str | None) -> Task:
+    def make_model(classes: int) -> nn.Module:
+        return DeepConvNet(classes, settings["width"], settings["dropout"])
+
+    return _cifar_task("cifar100", make_model, settings, seed, data_dir)
 
 
 register(
@@ -272,26 +308,27 @@ register(
             "cpu": {**FASHION_FULL, "train_size": 10_000, "epochs": 2},
             "full": dict(FASHION_FULL),
         },
-        builder=_build_fashion,
+        builder=fashion_cnn,
         schema=IMAGE_SCHEMA,
     )
 )
-
-for _name, _dataset, _description, _make, _cpu, _full in (
-    (
+register(
+    _cifar_problem(
         "cifar10-cnn",
         "cifar10",
         "CIFAR-10, LeNet-style convnet",
-        lambda s, k: LeNet(3, k),
-        {"train_size": 10_000, "valid_size": 5_000, "test_size": 5_000, "epochs": 2},
-        {},
-    ),
-    (
+        cifar10_cnn,
+        cpu={"train_size": 10_000, "valid_size": 5_000, "test_size": 5_000, "epochs": 2},
+        full={},
+    )
+)
+register(
+    _cifar_problem(
         "cifar10-resnet",
         "cifar10",
         "CIFAR-10, CIFAR ResNet (depth 110 full, 20 cpu)",
-        lambda s, k: CifarResNet(s["depth"], k, s["width"]),
-        {
+        cifar10_resnet,
+        cpu={
             "train_size": 4_000,
             "valid_size": 1_000,
             "test_size": 1_000,
@@ -299,14 +336,16 @@ for _name, _dataset, _description, _make, _cpu, _full in (
             "depth": 20,
             "width": 16,
         },
-        {"depth": 110, "width": 16},
-    ),
-    (
+        full={"depth": 110, "width": 16},
+    )
+)
+register(
+    _cifar_problem(
         "cifar100-cnn",
         "cifar100",
         "CIFAR-100, deeper convnet with batch norm",
-        lambda s, k: DeepConvNet(k, s["width"], s["dropout"]),
-        {
+        cifar100_cnn,
+        cpu={
             "train_size": 8_000,
             "valid_size": 2_000,
             "test_size": 2_000,
@@ -314,22 +353,6 @@ for _name, _dataset, _description, _make, _cpu, _full in (
             "width": 8,
             "dropout": 0.1,
         },
-        {"width": 32, "dropout": 0.1},
-    ),
-):
-    register(
-        ProblemSpec(
-            name=_name,
-            description=f"{_description} ({SPLIT_WORDS})",
-            dataset=_dataset,
-            metric="accuracy",
-            higher_is_better=True,
-            sizes={
-                "cpu": {**FULL, **_full, **_cpu},
-                "full": {**FULL, **_full},
-                "full-45k": {**FULL, **_full, **AUTHORS_SPLIT},
-            },
-            builder=_cifar_builder(_dataset, _make),
-            schema=cifar_schema(cifar_data.LAYOUTS[_dataset].classes),
-        )
+        full={"width": 32, "dropout": 0.1},
     )
+)

@@ -1,5 +1,7 @@
 """The sweep manifest (``sweep.json``): the plan of a run directory and every session that ran it.
 
+:func:`read_manifest` is what the report reads; :class:`Session` is how a running sweep writes.
+
 A *session* is one ``critgrad sweep`` (or ``run``, ``main``) process working in the directory. The
 manifest is shared by every session, concurrent ones included, so it is only ever changed as a
 read-merge-write under the directory lock (:func:`critgrad.bench.claims.directory_lock`): no session
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import threading
 import time
 import uuid
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from critgrad.bench import claims, protocols, records, values
+from critgrad.bench.runner import machine_info
 
 
 def _now() -> str:
@@ -65,9 +69,8 @@ def busy_seconds(sessions: Sequence[Mapping[str, Any]]) -> float:
 
 
 def plan(sweep, command: str | None) -> dict[str, Any]:
-    """The manifest fields that describe ``sweep`` (without its sessions)."""
-    from critgrad.bench.runner import machine_info
-
+    """The manifest fields that describe ``sweep`` (a :class:`critgrad.bench.sweep.Sweep`; without
+    its sessions)."""
     described = {
         "protocol": sweep.protocol.to_dict(),
         "problems": list(sweep.problems),
@@ -190,8 +193,6 @@ class Session:
         """Join the manifest (refused when the directory holds another plan); clean the leftovers
         of dead writers; refresh the entry every HEARTBEAT seconds from now on, so that a session
         killed outright still counts the time it worked. Returns the files removed."""
-        from critgrad.bench.sweep import read_manifest
-
         self.outcome = outcome
         with claims.directory_lock(self.sweep.out):
             merged = _merge(
@@ -212,14 +213,12 @@ class Session:
     def update(self, outcome, *, status: str | None = None) -> None:
         """Refresh this session's entry: wall time so far, counts, and, when ``status`` is given,
         its end."""
-        from critgrad.bench.sweep import read_manifest
-
         if status is not None:
             self._stop.set()
         with self._lock:
-            self._update(read_manifest, outcome, status)
+            self._update(outcome, status)
 
-    def _update(self, read_manifest, outcome, status: str | None) -> None:
+    def _update(self, outcome, status: str | None) -> None:
         if status is None and self.entry["status"] != "running":
             return  # a late heartbeat after the end
         now = time.time()
@@ -250,3 +249,49 @@ class Session:
     def _write(self, manifest: dict[str, Any]) -> None:
         manifest["wall_seconds"] = busy_seconds(manifest["sessions"])
         records.atomic_write_json(self.path, manifest)
+
+
+def write_manifest(sweep, sessions: list[dict[str, Any]], command: str | None) -> None:
+    """Write ``sweep``'s manifest with these sessions (replacing the file; sessions of a running
+    sweep go through :class:`Session`, which merges under the lock)."""
+    manifest = {**plan(sweep, command), "sessions": sessions}
+    manifest["wall_seconds"] = busy_seconds(sessions)
+    records.atomic_write_json(sweep.out / records.MANIFEST_NAME, manifest)
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The sweep manifest of ``run_dir`` (None when there is none); a ValueError naming the file
+    when it does not parse or lacks what the report and the sweep read."""
+    path = Path(run_dir) / records.MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problem = _manifest_problem(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        problem = " ".join(str(error).split())
+    if problem is not None:
+        raise ValueError(f"{path} is broken ({problem}); move it away to report without it")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a table"
+    for key, kind in (
+        ("protocol", dict),
+        ("problems", list),
+        ("size", str),
+        ("overrides", dict),
+        ("evals_per_epoch", int),
+        ("sessions", list),
+    ):
+        if not isinstance(manifest.get(key), kind):
+            return f"missing or bad field {key!r}"
+    try:
+        protocols.Protocol.from_dict(manifest["protocol"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return f"missing or bad field 'protocol' ({type(error).__name__}: {error})"
+    if not all(isinstance(s, dict) for s in manifest["sessions"]):
+        return "field 'sessions' should be a list of tables"
+    return None

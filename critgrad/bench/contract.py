@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from critgrad.bench import values
 
 Batch = Any
 """Whatever the task's loaders yield; only the task's own ``loss`` and ``evaluate`` look inside."""
@@ -84,8 +85,6 @@ class Setting:
 
     def check(self, name: str, value: Any) -> Any:
         """``value`` as a plain Python value; ConfigError when it is not allowed."""
-        from critgrad.bench import values
-
         if value is None:
             if self.none is None:
                 raise values.fail(name, value, self.allowed())
@@ -204,15 +203,13 @@ class ProblemSpec:
         (ConfigError names the problem, the key, the value and what is allowed). An override that
         is not a setting of the problem is an error, or with ``strict=False`` passed on unchecked
         (one sweep's overrides may serve several problems)."""
-        from critgrad.bench.values import ConfigError
-
         if size not in self.sizes:
-            raise ConfigError(f"size must be one of {sorted(self.sizes)}, got {size!r}")
+            raise values.ConfigError(f"size must be one of {sorted(self.sizes)}, got {size!r}")
         defaults = self.sizes[size]
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(defaults))
         if unknown and strict:  # a typo would otherwise be ignored silently
-            raise ConfigError(
+            raise values.ConfigError(
                 f"unknown setting(s) {unknown} for problem {self.name}; its settings: "
                 f"{', '.join(sorted(defaults))}"
             )
@@ -221,8 +218,8 @@ class ProblemSpec:
             value = overrides.get(key, default)
             try:
                 checked[key] = self.declaration(key, default).check(key, value)
-            except ConfigError as error:
-                raise ConfigError(f"problem {self.name}: {error}") from None
+            except values.ConfigError as error:
+                raise values.ConfigError(f"problem {self.name}: {error}") from None
         return {**{key: overrides[key] for key in unknown}, **checked}
 
     def build(
@@ -235,67 +232,3 @@ class ProblemSpec:
         # Not strict: a sweep's preflight refuses unknown settings; direct callers may pass extra
         # keys that the builder ignores, as they always could.
         return self.builder(self.settings(size, overrides, strict=False), seed, data_dir)
-
-
-def shuffled_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of ``(x, y)`` minibatches in an order drawn from ``generator`` (last may be short)."""
-    order = torch.randperm(len(x), generator=generator)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        yield x[index], y[index]
-
-
-def classification_task(
-    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    model: nn.Module,
-    settings: dict[str, Any],
-    info: dict[str, Any],
-) -> Task:
-    """A cross-entropy / accuracy :class:`Task` over in-memory tensors per split."""
-    train_x, train_y = data["train"]
-    batch_size, eval_batch_size = settings["batch_size"], settings["eval_batch_size"]
-
-    def train_batches(generator: torch.Generator):
-        return shuffled_batches(train_x, train_y, batch_size, generator)
-
-    def loss(model: nn.Module, batch) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
-
-    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
-        x, y = data[split]
-        total_loss, correct = 0.0, 0
-        was_training = model.training
-        model.eval()  # batch norm and dropout in inference mode, whatever the caller left
-        try:
-            with torch.no_grad():
-                for start in range(0, len(x), eval_batch_size):
-                    logits = model(x[start : start + eval_batch_size])
-                    target = y[start : start + eval_batch_size]
-                    total_loss += F.cross_entropy(logits, target, reduction="sum").item()
-                    correct += int((logits.argmax(dim=1) == target).sum())
-        finally:
-            model.train(was_training)
-        return {"loss": total_loss / len(x), "metric": correct / len(x)}
-
-    return Task(
-        model=model,
-        train_batches=train_batches,
-        loss=loss,
-        evaluate=evaluate,
-        metric="accuracy",
-        higher_is_better=True,
-        epochs=settings["epochs"],
-        grad_clip=settings["grad_clip"],
-        info={
-            **info,
-            "train_size": len(train_x),
-            "valid_size": len(data["valid"][0]),
-            "test_size": len(data["test"][0]),
-            "batch_size": batch_size,
-            "steps_per_epoch": -(-len(train_x) // batch_size),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
-    )
