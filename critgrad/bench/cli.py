@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[OPTIMIZER.]KEY=VALUE",
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
-        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the _c optimizers",
+        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the memory "
+        "optimizers that take them (the _c ones, adam_cm)",
     )
     run.add_argument(
         "--size",
