@@ -11,8 +11,9 @@ mean for Adam), the same learning rate as the base, the same seeds:
   the largest held priority, and replaces that one);
 * ``random``: every gradient enters and replaces a uniformly drawn entry;
 * ``memory-only``: the critical rule with ``include_current=False`` (the reference's
-  ``SGD_C_Only``): the direction is kappa x the mean of the memory after the offer, without the
-  current gradient, so there is no doubling of the step by ``aggr="sum"``.
+  ``SGD_C_Only``): the gradient is offered first and the direction is kappa x the mean of the
+  memory (the current gradient is one of its entries if admitted, never added to it), so there is
+  no doubling of the step by ``aggr="sum"``.
 
 Every unit is one run of the benchmark harness (:func:`critgrad.bench.runner.run`) on a
 harness problem at a reduced size (``PROBLEMS``); the memory options reach the optimizer through
