@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from critgrad.bench.studies import convex, label_noise, surfaces  # noqa: F401  (they register)
+from critgrad.bench.studies import (  # noqa: F401  (they register)
+    aggregation,
+    controls,
+    convex,
+    label_noise,
+    sensitivity,
+    surfaces,
+)
 from critgrad.bench.studies.contract import Study, UnknownStudy, registered
 
 

@@ -78,8 +78,15 @@ def test_plan_with_duplicate_units_is_refused(tmp_path):
 
 
 def test_catalog_lists_the_studies_and_names_unknown_ones():
-    assert [s.name for s in catalog.list_studies()] == ["convex", "label-noise", "surfaces"]
-    with pytest.raises(UnknownStudy, match="unknown study 'nope'; known: convex, label-noise"):
+    assert [s.name for s in catalog.list_studies()] == [
+        "aggregation",
+        "controls",
+        "convex",
+        "label-noise",
+        "sensitivity",
+        "surfaces",
+    ]
+    with pytest.raises(UnknownStudy, match="unknown study 'nope'; known: aggregation, controls"):
         catalog.get_study("nope")
 
 
