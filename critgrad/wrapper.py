@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _distributed as D
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep
@@ -42,7 +43,7 @@ class _Plan(NamedTuple):
 
     group: dict[str, Any]
     params: list[Tensor]  # each once, with a gradient
-    grads: list[Tensor]
+    grads: list[Tensor]  # this rank's shards of DTensor gradients
     memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
     new: list[bool]  # the memory enters the state when the plan is committed
     keys: Tensor  # (n,) float64
@@ -158,6 +159,9 @@ class CriticalGradients(Optimizer):
         self.last_step_implementation: str | None = None
         self._memory_defaults = memory_defaults
         self._compiled: CompiledStep | None = None
+        # Inside a ZeroRedundancyOptimizer each rank steps some of each group's tensors: the keys
+        # of a group then come from every rank's tensors (one all-reduce per group and step).
+        self._zero = D.zero_partition()
         # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
         # add_param_group for each of the base's groups, which we adopt as the very same dicts.
         self._adopting = True
@@ -348,6 +352,8 @@ class CriticalGradients(Optimizer):
             return None
         params = list(dict.fromkeys(p for p in group["params"] if p.grad is not None))
         if not params:
+            if self._zero is not None:  # the other ranks' keys still need this rank's zeros
+                D.zero_keys(None, [], group["key"], self._zero, self._group_index(group))
             return None
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
@@ -359,8 +365,10 @@ class CriticalGradients(Optimizer):
         for p in params:
             memory = self._memory_of(p, group)
             memories.append(memory)
-            new.append(memory is not self.state.get(p))
-        keys = M.keys_from_norms(_norms(grads), group["key"])
+            new.append(STORE not in self.state.get(p, ()))
+        # DTensor gradients: the plan works on this rank's shards, the keys on whole tensors.
+        shards = [D.local(g) for g in grads]
+        keys = self._keys(_norms(shards), grads, params, group)
         device = keys.device
         priority, age, stats = (
             torch.stack([m[name].to(device) for m in memories]) for name in (PRIORITY, AGE, STATS)
@@ -371,7 +379,7 @@ class CriticalGradients(Optimizer):
         return _Plan(
             group,
             params,
-            grads,
+            shards,
             memories,
             new,
             keys,
@@ -385,6 +393,20 @@ class CriticalGradients(Optimizer):
             None if group["aggr"] == "sum" else _spread(s, params),
         )
 
+    def _keys(
+        self, norms: Tensor, grads: list[Tensor], params: list[Tensor], group: dict[str, Any]
+    ) -> Tensor:
+        """The group's keys from the norms of this rank's (shards of) gradients: the norms of
+        whole tensors first where they are sharded, a group key from every rank's tensors
+        inside a ZeroRedundancyOptimizer."""
+        norms = D.global_norms(norms, grads)
+        if self._zero is not None:
+            return D.zero_keys(norms, params, group["key"], self._zero, self._group_index(group))
+        return M.keys_from_norms(norms, group["key"])
+
+    def _group_index(self, group: dict[str, Any]) -> int:
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
+
     def _memory_of(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         """The parameter's state if it holds a memory, else a new empty memory (not yet in it)."""
         state = self.state.get(p)
@@ -397,7 +419,7 @@ class CriticalGradients(Optimizer):
                     f"memory holds topC={store.shape[0]} gradients as {store.dtype}, the group "
                     f"now says topC={group['topC']}, store_dtype={group['store_dtype']}"
                 )
-            return state
+            return S.working(state)
         return S.new_memory(p, group)
 
     def _apply(self, plans: list[_Plan]) -> None:
@@ -409,7 +431,10 @@ class CriticalGradients(Optimizer):
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
         # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
-        in_place = torch.compiler.is_compiling()
+        # Sharded, the plan holds the DTensor gradients' shards: the same, into the shards.
+        in_place = torch.compiler.is_compiling() or any(
+            D.is_dtensor(p) for plan in plans for p in plan.params
+        )
         raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
         try:
             for plan, group_directions in zip(plans, directions):

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from critgrad.bench import instruments, optimizer_labels
+from critgrad.bench import data_parallel, instruments, optimizer_labels
 from critgrad.bench.problems import get_problem
 from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
@@ -59,6 +59,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # Under torchrun: the processes that trained the run data-parallel.
+        **({"processes": data_parallel.world()[1]} if data_parallel.world()[1] > 1 else {}),
     }
 
 
@@ -129,6 +131,8 @@ def run(
     from critgrad.bench import sinks  # optional back ends, imported only when a run starts
 
     started = time.perf_counter()
+    # Under torchrun the other processes train it too, with as many threads as this one.
+    data_parallel.announce((spec, data_dir, torch.get_num_threads()))
     problem = get_problem(spec.problem)
     seed_everything(spec.seed)
     task = problem.build(spec.size, spec.seed, data_dir, spec.overrides)
@@ -147,6 +151,7 @@ def run(
     parameters = [p for p in task.model.parameters() if p.requires_grad]
     total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
     probe = None
+    # Off under torchrun: the probe reads each process's own memory, and is tested in one process.
     if instruments.has_memory(optimizer) and not torch.distributed.is_initialized():
         every = instruments.norm_interval(total_steps) if norm_every is None else norm_every
         probe = instruments.MemoryProbe(optimizer, every)
@@ -198,8 +203,8 @@ def run(
             tick = time.perf_counter()
             for batch_in_epoch, batch in enumerate(task.train_batches(generator), start=1):
                 optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(task.model, batch)
-                host_loss = loss.detach().float().cpu()
+                loss = data_parallel.loss(task, batch)  # this process's part under torchrun
+                host_loss = data_parallel.batch_loss(loss).float().cpu()
                 if not math.isfinite(host_loss.item()):
                     divergence = {
                         "step": state["step"] + 1,
@@ -208,6 +213,7 @@ def run(
                     }
                     break
                 loss.backward()
+                data_parallel.sum_gradients(parameters)
                 if task.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, task.grad_clip)
                 if probe is not None:
