@@ -151,8 +151,9 @@ def run(
     parameters = [p for p in task.model.parameters() if p.requires_grad]
     total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
     probe = None
-    # Off under torchrun: the probe reads each process's own memory, and is tested in one process.
-    if instruments.has_memory(optimizer) and not torch.distributed.is_initialized():
+    # Under torchrun every process holds the whole model and the same summed gradients, so each
+    # probe reads the same memory; rank 0's is the one recorded.
+    if instruments.has_memory(optimizer):
         every = instruments.norm_interval(total_steps) if norm_every is None else norm_every
         probe = instruments.MemoryProbe(optimizer, every)
     outputs = sinks.open_sinks(sink_config, spec)

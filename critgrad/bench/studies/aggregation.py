@@ -221,7 +221,8 @@ def figures(
         )
         top.set_ylabel(f"final test {entry['metric']} ({direction})")
         bottom.set_ylabel("median |aggregate| / |gradient|")
-        bottom.set_title("step-size change the aggregation made", fontsize=10)
+        bottom.set_title("length of the aggregate d against the gradient g", fontsize=10)
+        plotting.log_if_wide(top, [r["mean"] for r in block["rows"]] + [vanilla["mean"]], ratio=3.0)
         top.legend(fontsize=7)
         bottom.legend(fontsize=7)
     size = "quick" if options.quick else "default"
