@@ -9,6 +9,7 @@ from critgrad.bench.studies import (  # noqa: F401  (they register)
     label_noise,
     sensitivity,
     surfaces,
+    tuned,
 )
 from critgrad.bench.studies.contract import Study, UnknownStudy, registered
 

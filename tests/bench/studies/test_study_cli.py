@@ -20,6 +20,7 @@ def test_list_names_every_study(capsys):
         "label-noise",
         "sensitivity",
         "surfaces",
+        "tuned",
     ]
 
 
@@ -29,12 +30,12 @@ def test_list_names_every_study(capsys):
         (
             ["study"],
             "name a study (one of aggregation, controls, convex, label-noise, sensitivity, "
-            "surfaces) or pass --list",
+            "surfaces, tuned) or pass --list",
         ),
         (
             ["study", "nope"],
             "unknown study 'nope'; known: aggregation, controls, convex, label-noise, "
-            "sensitivity, surfaces",
+            "sensitivity, surfaces, tuned",
         ),
         (["study", "surfaces", "--seeds", "1,x"], "expected comma-separated integers >= 0"),
         (["study", "surfaces", "--seeds", "-1"], "expected comma-separated integers >= 0"),

@@ -85,6 +85,7 @@ def test_catalog_lists_the_studies_and_names_unknown_ones():
         "label-noise",
         "sensitivity",
         "surfaces",
+        "tuned",
     ]
     with pytest.raises(UnknownStudy, match="unknown study 'nope'; known: aggregation, controls"):
         catalog.get_study("nope")
