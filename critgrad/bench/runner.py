@@ -15,6 +15,11 @@ metric is not finite. The run stops there; its record says ``"diverged": true`` 
 ``"divergence": {"step", "epoch", "cause"}`` (``step`` is the number of the optimizer step whose loss
 was not finite, or the step count at the evaluation point that found it), and its ``final`` numbers
 are null: the 10 % that a model with NaN weights scores by predicting one class is not a result.
+
+A run whose optimizer has a memory also records what the memory did (its admission rate once full,
+the ages of the entries it holds and evicts, the norms of the gradient, of the stored mean and of
+the aggregate): a history point's ``probe`` and the record's ``probe``, both optional fields, see
+:mod:`critgrad.bench.instruments`. Reading them never changes the run.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from critgrad.bench import data_parallel, optimizer_labels
+from critgrad.bench import data_parallel, instruments, optimizer_labels
 from critgrad.bench.problems import get_problem
 from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
@@ -117,8 +122,12 @@ def run(
     data_dir: str | None = None,
     progress: bool = False,
     sink_config: Mapping[str, Any] | None = None,
+    norm_every: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec`` and return its record (see the module docstring)."""
+    """Train ``spec`` and return its record (see the module docstring).
+
+    ``norm_every``: how often a run with a memory samples the norms of its gradient, stored mean
+    and aggregate (see :mod:`critgrad.bench.instruments`); None: about 256 samples per run."""
     from critgrad.bench import sinks  # optional back ends, imported only when a run starts
 
     started = time.perf_counter()
@@ -140,6 +149,13 @@ def run(
         evaluation_steps(steps_per_epoch, spec.evals_per_epoch) if steps_per_epoch else ()
     )
     parameters = [p for p in task.model.parameters() if p.requires_grad]
+    total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
+    probe = None
+    # Under torchrun every process holds the whole model and the same summed gradients, so each
+    # probe reads the same memory; rank 0's is the one recorded.
+    if instruments.has_memory(optimizer):
+        every = instruments.norm_interval(total_steps) if norm_every is None else norm_every
+        probe = instruments.MemoryProbe(optimizer, every)
     outputs = sinks.open_sinks(sink_config, spec)
 
     history: list[dict[str, Any]] = []
@@ -165,6 +181,8 @@ def run(
             "test_metric": float(test["metric"]),
             "memory": _memory(optimizer),
         }
+        if probe is not None:
+            point["probe"] = probe.point()
         # Further scores a problem reports (MultiWOZ: perplexity, inform, success).
         for split, scores in (("valid", valid), ("test", test)):
             point.update(
@@ -175,7 +193,6 @@ def run(
             sink.log(point)
         return point
 
-    total_steps = task.epochs * steps_per_epoch if steps_per_epoch else None
     bar = progress_bar(progress, total_steps, f"{spec.problem} {spec.optimizer} seed {spec.seed}")
     divergence: dict[str, Any] | None = None
     try:
@@ -200,9 +217,13 @@ def run(
                 data_parallel.sum_gradients(parameters)
                 if task.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, task.grad_clip)
+                if probe is not None:
+                    probe.before_step()
                 before_step = time.perf_counter()
                 optimizer.step()
                 clock["optimizer"] += time.perf_counter() - before_step
+                if probe is not None:
+                    probe.after_step()
                 state["loss_sum"] = state["loss_sum"] + host_loss
                 state["loss_count"] += 1
                 state["step"] += 1
@@ -223,6 +244,7 @@ def run(
             sink.close()
 
     last = history[-1]
+    extra = {} if probe is None else {"probe": probe.summary()}
     return finite_or_none(
         {
             "format": RECORD_FORMAT,
@@ -246,6 +268,7 @@ def run(
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"
             ),
+            **extra,
         }
     )
 

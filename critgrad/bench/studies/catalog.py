@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import critgrad.bench.studies.ablation  # noqa: F401  (registers)
-from critgrad.bench.studies import convex, label_noise, surfaces, tuned  # noqa: F401 (register)
+from critgrad.bench.studies import (  # noqa: F401  (they register)
+    ablation,
+    aggregation,
+    controls,
+    convex,
+    label_noise,
+    sensitivity,
+    surfaces,
+    tuned,
+)
 from critgrad.bench.studies.contract import Study, UnknownStudy, registered
 
 

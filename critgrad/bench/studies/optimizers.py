@@ -1,9 +1,12 @@
-"""The optimizer pairs the studies compare, built through critgrad's public factory.
+"""The optimizer pairs the analysis studies compare, read from the harness's one table.
 
 A *label* is a base (``sgd``, ``sgdm``, ``rmsprop``, ``adam``) or its twin with the memory
-(``sgd_c``, ...). ``sgdm`` is SGD with momentum 0.9. Every other argument is torch's default, and
-the twins take the reference package's memory defaults (``aggr`` sum for SGD, mean for RMSprop
-and Adam; kappa 1) unless a study passes ``topC``/``decay``/``aggr``.
+(``sgd_c``, ...): labels of :data:`critgrad.bench.optimizer_labels.LABELS`, which gives their
+registry names, the hyperparameters an alias implies (``sgdm`` is SGD with momentum 0.9) and their
+display names. Every other argument is torch's default, and the twins take the reference package's
+memory defaults (``aggr`` sum for SGD, mean for RMSprop and Adam; kappa 1) unless a study passes
+``topC``/``decay``/``aggr``. This module only says which pairs the toy studies use, in which order
+(their colours follow it).
 """
 
 from __future__ import annotations
@@ -13,17 +16,11 @@ from typing import Any
 
 import torch
 
-import critgrad
+from critgrad.bench import optimizer_labels
 
-# base label -> (critgrad registry name, the base optimizer's own arguments)
-BASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sgd": ("sgd", {}),
-    "sgdm": ("sgd", {"momentum": 0.9}),
-    "rmsprop": ("rmsprop", {}),
-    "adam": ("adam", {}),
-}
-MEMORY_SUFFIX = "_c"
-DISPLAY = {"sgd": "SGD", "sgdm": "SGDm", "rmsprop": "RMSprop", "adam": "Adam"}
+BASES: tuple[str, ...] = ("sgd", "sgdm", "rmsprop", "adam")  # the studies' pairs, in order
+MEMORY_SUFFIX = optimizer_labels.MEMORY_SUFFIX
+DISPLAY = {base: optimizer_labels.display_name(base) for base in BASES}
 MEMORY_ARGUMENTS = ("topC", "decay", "kappa", "aggr")
 
 
@@ -34,17 +31,16 @@ def labels() -> list[str]:
 
 def split_label(label: str) -> tuple[str, bool]:
     """``"adam_c"`` -> ``("adam", True)``; a ValueError lists the labels otherwise."""
-    memory = label.endswith(MEMORY_SUFFIX)
-    base = label[: -len(MEMORY_SUFFIX)] if memory else label
+    base = optimizer_labels.base_label(label)
     if base not in BASES:
         raise ValueError(f"unknown optimizer label {label!r}; known: {', '.join(labels())}")
-    return base, memory
+    return base, optimizer_labels.is_memory(label)
 
 
 def display(label: str) -> str:
     """``"sgdm_c"`` -> ``"SGDm_C"``."""
-    base, memory = split_label(label)
-    return DISPLAY[base] + ("_C" if memory else "")
+    split_label(label)
+    return optimizer_labels.display_name(label)
 
 
 def build(
@@ -54,13 +50,11 @@ def build(
     memory: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer called ``label`` over ``params``; ``memory`` reaches only a twin."""
-    base, with_memory = split_label(label)
-    name, arguments = BASES[base]
-    arguments = dict(arguments)
+    _, with_memory = split_label(label)
+    arguments: dict[str, Any] = {"lr": lr}
     if with_memory:
         unknown = sorted(set(memory or {}) - set(MEMORY_ARGUMENTS))
         if unknown:
             raise ValueError(f"memory arguments must be among {MEMORY_ARGUMENTS}, got {unknown}")
         arguments.update(memory or {})
-        name += MEMORY_SUFFIX
-    return critgrad.create_optimizer(list(params), name, lr=lr, **arguments)
+    return optimizer_labels.create(label, list(params), arguments)

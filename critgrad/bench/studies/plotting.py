@@ -29,6 +29,18 @@ def line_style(label: str) -> str:
     return "--" if optimizers.split_label(label)[1] else "-"
 
 
+def log_if_wide(axis, values, ratio: float = 10.0) -> None:
+    """A log y scale with plain-number labels when the finite positive ``values`` span more than
+    ``ratio`` (a decade by default); else the linear scale stays."""
+    finite = [v for v in values if v is not None and v > 0]
+    if finite and max(finite) / min(finite) > ratio:
+        from matplotlib.ticker import FormatStrFormatter
+
+        axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
 def save(figure, path: Path) -> Path:
     """Write ``figure`` as a PNG with a 256-colour palette: a few times smaller than full colour,
     and line plots do not use more colours than that."""

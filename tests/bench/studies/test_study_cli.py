@@ -15,8 +15,11 @@ def test_list_names_every_study(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [
         "ablation",
+        "aggregation",
+        "controls",
         "convex",
         "label-noise",
+        "sensitivity",
         "surfaces",
         "tuned",
     ]
@@ -27,11 +30,13 @@ def test_list_names_every_study(capsys):
     [
         (
             ["study"],
-            "name a study (one of ablation, convex, label-noise, surfaces, tuned) or pass --list",
+            "name a study (one of ablation, aggregation, controls, convex, label-noise, "
+            "sensitivity, surfaces, tuned) or pass --list",
         ),
         (
             ["study", "nope"],
-            "unknown study 'nope'; known: ablation, convex, label-noise, surfaces, tuned",
+            "unknown study 'nope'; known: ablation, aggregation, controls, convex, label-noise, "
+            "sensitivity, surfaces, tuned",
         ),
         (["study", "surfaces", "--seeds", "1,x"], "expected comma-separated integers >= 0"),
         (["study", "surfaces", "--seeds", "-1"], "expected comma-separated integers >= 0"),

@@ -78,11 +78,17 @@ def test_plan_with_duplicate_units_is_refused(tmp_path):
 
 
 def test_catalog_lists_the_studies_and_names_unknown_ones():
-    names = [s.name for s in catalog.list_studies()]
-    assert names == ["ablation", "convex", "label-noise", "surfaces", "tuned"]
-    with pytest.raises(
-        UnknownStudy, match="unknown study 'nope'; known: ablation, convex, label-noise"
-    ):
+    assert [s.name for s in catalog.list_studies()] == [
+        "ablation",
+        "aggregation",
+        "controls",
+        "convex",
+        "label-noise",
+        "sensitivity",
+        "surfaces",
+        "tuned",
+    ]
+    with pytest.raises(UnknownStudy, match="unknown study 'nope'; known: ablation, aggregation"):
         catalog.get_study("nope")
 
 
