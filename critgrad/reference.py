@@ -47,20 +47,21 @@ class ReferenceCriticalGradients:
         for group in self.optimizer.param_groups:
             if group["kappa"] == 0:
                 continue
-            params = []
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
             for p in group["params"]:  # each parameter once, even if listed twice
                 if p.grad is not None and all(p is not q for q in params):
                     params.append(p)
-            norms = [float(torch.linalg.vector_norm(p.grad.to(_wide(p.grad)))) for p in params]
+                    grads.append(p.grad)
+            norms = [float(torch.linalg.vector_norm(g.to(_wide(g)))) for g in grads]
             if group["key"] == "sum_of_norms":
                 keys = [sum(norms)] * len(params)
             elif group["key"] == "global_norm":
                 keys = [math.sqrt(sum(n * n for n in norms))] * len(params)
             else:
                 keys = norms
-            for p, key in zip(params, keys):
+            for p, raw, key in zip(params, grads, keys):
                 entries = self.entries.setdefault(p, [])
-                raw = p.grad
                 stored = [gradient for _, gradient in entries]
                 p.grad = reference_direction(raw, stored, group["aggr"], group["kappa"])
                 plans.append((p, raw, key, group))
@@ -69,13 +70,13 @@ class ReferenceCriticalGradients:
             p.grad = raw
             entries = self.entries[p]
             if math.isfinite(key):
-                stored = raw.to(group["store_dtype"] or raw.dtype).clone()
+                copy = raw.to(group["store_dtype"] or raw.dtype).clone()
                 if len(entries) < group["topC"]:
-                    entries.append([key, stored])
+                    entries.append([key, copy])
                 else:
                     smallest = min(range(len(entries)), key=lambda i: (entries[i][0], i))
                     if key > entries[smallest][0]:
-                        entries[smallest] = [key, stored]
+                        entries[smallest] = [key, copy]
             for entry in entries:
                 entry[0] *= group["decay"]
 

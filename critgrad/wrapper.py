@@ -167,7 +167,7 @@ class CriticalGradients(Optimizer):
     # ---------------------------------------------------------------- the base's state is ours
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.base.param_groups
 
     @param_groups.setter
@@ -176,7 +176,7 @@ class CriticalGradients(Optimizer):
             self.base.param_groups = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         return self.base.state
 
     @state.setter
@@ -479,7 +479,7 @@ def _unhooked_step(optimizer: Optimizer) -> Callable[[], Any]:
     a traced step in three)."""
     if "step" in optimizer.__dict__:  # patched on the instance: respect it
         return optimizer.step
-    step = type(optimizer).step
+    step: Any = type(optimizer).step  # overloaded in torch's stubs; unwrapped below
     while getattr(step, "__code__", None) in _TORCH_STEP_WRAPPERS:
         step = step.__wrapped__
     return functools.partial(step, optimizer)
