@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _distributed as D
 from . import memory as M
 
 STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY = (
@@ -60,12 +61,14 @@ def memory_dtypes(param: Tensor, group: Mapping[str, Any]) -> dict[str, torch.dt
 
 
 def new_memory(p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
-    """An empty memory for ``p``, on its device: nothing stored, priorities 0, ages -1."""
+    """An empty memory for ``p``, on its device: nothing stored, priorities 0, ages -1. For a
+    DTensor ``p``, the store and running sum of this rank's shard (:func:`sharded` makes them
+    DTensors when they enter the state)."""
     dtypes = memory_dtypes(p, group)
-    topC, device = group["topC"], p.device
+    topC, device, shape = group["topC"], p.device, D.local(p).shape
     return {
-        STORE: torch.zeros((topC, *p.shape), dtype=dtypes[STORE], device=device),
-        SCALED_SUM: torch.zeros(p.shape, dtype=dtypes[SCALED_SUM], device=device),
+        STORE: torch.zeros((topC, *shape), dtype=dtypes[STORE], device=device),
+        SCALED_SUM: torch.zeros(shape, dtype=dtypes[SCALED_SUM], device=device),
         PRIORITY: torch.zeros(topC, dtype=dtypes[PRIORITY], device=device),
         AGE: torch.full((topC,), -1, dtype=torch.int64, device=device),
         STATS: torch.zeros(len(M.STAT_FIELDS), dtype=torch.int64, device=device),
@@ -80,7 +83,31 @@ def insert(state: Any, created: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
     optimizers initialise a parameter's state when it is empty). Never traced: dynamo would
     write back its own view of the state dicts, from before the base initialised them."""
     for p, memory in created:
-        state[p].update(memory)
+        state[p].update(sharded(p, memory))
+
+
+def sharded(p: Tensor, memory: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The memory as the state keeps it. For a DTensor parameter, the store and running sum of
+    its shard become DTensors sharded exactly like it (the store's dimension k + 1 as the
+    parameter's k), sharing their storage: 1/N of the memory on each of N ranks, and
+    ``torch.distributed.checkpoint`` saves and reshards them. Priorities, ages, counts and keys
+    stay plain tensors: the keys are global, so they are the same on every rank."""
+    if not D.is_dtensor(p):
+        return memory
+    return {
+        **memory,
+        STORE: D.from_shard(memory[STORE], p, leading=memory[STORE].shape[0]),
+        SCALED_SUM: D.from_shard(memory[SCALED_SUM], p),
+    }
+
+
+def working(state: dict[str, Any]) -> dict[str, Any]:
+    """The memory the step works on: the state itself, or for a sharded memory the same entries
+    with the store and running sum as this rank's shards (views: writes reach the state)."""
+    store = state[STORE]
+    if not D.is_dtensor(store):
+        return state
+    return {**state, STORE: store.to_local(), SCALED_SUM: state[SCALED_SUM].to_local()}
 
 
 def checked(
@@ -88,6 +115,22 @@ def checked(
 ) -> dict[str, Tensor]:
     """``saved``, if it is a memory of ``p`` that this optimizer can continue; else ValueError."""
     store = saved[STORE]
+    if D.is_dtensor(store) and not D.is_dtensor(p):
+        raise ValueError(
+            f"the saved memory of parameter {index} is sharded over "
+            f"{store.device_mesh.size()} ranks (a DTensor), this parameter is not: load it "
+            "with torch.distributed.checkpoint (get_optimizer_state_dict / "
+            "set_optimizer_state_dict), which reshards the memory for another world size"
+        )
+    if D.is_dtensor(store) and D.is_dtensor(p) and store.device_mesh != p.device_mesh:
+        raise ValueError(
+            f"the saved memory of parameter {index} is sharded over {store.device_mesh.size()} "
+            f"ranks (mesh {tuple(store.device_mesh.shape)}), this parameter over "
+            f"{p.device_mesh.size()} (mesh {tuple(p.device_mesh.shape)}): a state dict of "
+            "DTensors loads onto the mesh it was saved on; save and load with "
+            "torch.distributed.checkpoint (get_optimizer_state_dict / set_optimizer_state_dict), "
+            "which reshards the memory for another world size"
+        )
     if tuple(store.shape[1:]) != tuple(p.shape):
         raise ValueError(
             f"the saved memory of parameter {index} holds gradients of shape "
@@ -111,14 +154,17 @@ def checked(
 def restored(saved: Mapping[str, Tensor], p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
     """A saved memory on the parameter's device with the dtypes of :func:`memory_dtypes`."""
     dtypes = memory_dtypes(p, group)
+    # (A whole store or sum, from a gathered checkpoint, is cut into this rank's part.)
+    laid_out = {STORE: D.laid_out(saved[STORE], p, leading=True)}
     restored = {
-        name: saved[name].to(device=p.device, dtype=dtypes[name], copy=True)
+        name: laid_out.get(name, saved[name]).to(device=p.device, dtype=dtypes[name], copy=True)
         for name in (STORE, PRIORITY, AGE, STATS)
     }
     if SCALED_SUM in saved:
-        restored[SCALED_SUM] = saved[SCALED_SUM].to(p.device, dtypes[SCALED_SUM], copy=True)
+        total = D.laid_out(saved[SCALED_SUM], p)
+        restored[SCALED_SUM] = total.to(p.device, dtypes[SCALED_SUM], copy=True)
     else:  # critgrad 0.1.0 saved the plain sum
-        plain = saved["critical_sum"].to(p.device, dtypes[SCALED_SUM], copy=True)
+        plain = D.laid_out(saved["critical_sum"], p).to(p.device, dtypes[SCALED_SUM], copy=True)
         restored[SCALED_SUM] = plain.mul_(M.sum_scale(group["topC"]))
     key = saved.get(KEY, torch.tensor([math.nan]))
     restored[KEY] = key.to(p.device, dtypes[KEY], copy=True)

@@ -17,6 +17,8 @@ age
     -1 marks an empty slot. The number of filled entries is ``(age >= 0).sum()``.
 key
     the number that decides admission: an L2 norm of the raw gradient (see :data:`KEY_MODES`).
+selection
+    the rule that decides which gradients the memory keeps (see :data:`SELECTIONS`).
 scaled sum
     the sum of the stored gradients times :func:`sum_scale` (a power of two no larger than
     ``1 / topC``): it can never overflow where the stored values do not, and the scaling is exact.
@@ -25,6 +27,7 @@ scaled sum
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,6 +47,18 @@ KEY_MODES = ("sum_of_norms", "per_tensor", "global_norm")
   package's ``synced=True``; for grads (3, 4) and (6, 8) it is 15, not 11.18);
 - ``per_tensor``: each tensor ranked by its own L2 norm (the reference's ``synced=False``);
 - ``global_norm``: one key per group, the true L2 norm of all the group's gradients together.
+"""
+
+SELECTIONS = ("critical", "recent", "smallest", "random")
+"""Which gradients the memory keeps. With room every finite gradient enters (the next empty slot);
+when the memory is full:
+
+- ``critical``: the key replaces the entry with the smallest priority iff it is strictly greater;
+- ``recent``: the gradient always replaces the entry with the largest age (first in, first out);
+- ``smallest``: the key replaces the entry with the largest priority iff it is strictly smaller;
+- ``random``: the gradient always replaces an entry drawn uniformly (see :func:`random_slots`).
+
+Ties go to the lowest slot index. Priorities decay and ages advance the same way under every rule.
 """
 
 STAT_FIELDS = ("offered", "admitted", "rejected", "nonfinite", "evicted", "evicted_age_sum")
@@ -75,28 +90,95 @@ def keys_from_norms(norms: Tensor, mode: str) -> Tensor:
     raise ValueError(f"key must be one of {KEY_MODES}, got {mode!r}")
 
 
-def admission(keys: Tensor, priority: Tensor, age: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def admission(
+    keys: Tensor,
+    priority: Tensor,
+    age: Tensor,
+    selection: str = "critical",
+    drawn: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Decide, for n memories at once, whether each key enters and in which slot.
 
     Args:
         keys: ``(n,)`` the keys of the current gradients.
         priority: ``(n, C)`` current priorities.
         age: ``(n, C)`` ages, -1 for empty slots.
+        selection: one of :data:`SELECTIONS`.
+        drawn: ``(n,)`` int64, the slots drawn for ``"random"`` (see :func:`random_slots`).
 
     Returns:
         ``admit`` ``(n,)`` bool, ``slot`` ``(n,)`` int64, ``filled`` ``(n,)`` int64 (entries
         before this step). A non-finite key is never admitted. With room, the next empty slot is
-        used; when full, the key replaces the smallest priority only if it is strictly greater
-        (ties go to the lowest slot index).
+        used; when full, the slot that :data:`SELECTIONS` names for the rule (ties go to the
+        lowest slot index).
     """
     filled = (age >= 0).sum(1)
     has_room = filled < priority.shape[1]
-    smallest_slot = priority.argmin(1)  # the first index among equal minima
-    smallest = priority.gather(1, smallest_slot[:, None]).squeeze(1)
+    finite = torch.isfinite(keys)
+    # argmin/argmax give the first index among equal values. When full, every age is >= 0.
+    if selection == "critical":
+        victim = priority.argmin(1)
+        enters = has_room | (keys > priority.gather(1, victim[:, None]).squeeze(1))
+    elif selection == "smallest":
+        victim = priority.argmax(1)
+        enters = has_room | (keys < priority.gather(1, victim[:, None]).squeeze(1))
+    elif selection == "recent":
+        victim = age.argmax(1)
+        enters = torch.ones_like(has_room)
+    elif selection == "random":
+        if drawn is None:
+            raise ValueError('selection="random" needs the drawn slots')
+        victim = drawn
+        enters = torch.ones_like(has_room)
+    else:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     # Slots are filled in order 0, 1, ... and never emptied, so the first empty one is `filled`.
-    slot = torch.where(has_room, filled, smallest_slot)
-    admit = torch.isfinite(keys) & (has_room | (keys > smallest))
+    slot = torch.where(has_room, filled, victim)
+    admit = finite & enters
     return admit, slot, filled
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Any, c: int) -> Any:
+    """``x * c mod 2^32`` for ``0 <= x, c < 2^32``, with no intermediate beyond 2^49 (int64
+    tensors must not overflow: compiled code may treat signed overflow as impossible)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def hash32(x: Any) -> Any:
+    """A bijection of [0, 2^32) that mixes every input bit into every output bit (Wellons'
+    "lowbias32": xor-shifts and odd multiplications), on Python ints or int64 tensors alike."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def random_slots(seed: int, streams: Tensor, counters: Tensor, capacity: int) -> Tensor:
+    """``(n,)`` int64 slots in [0, capacity), drawn uniformly for ``selection="random"``.
+
+    A counter-based generator: the draw is a hash of the group's ``seed``, the memory's stream
+    and its counter (how many gradients it was offered before), so it needs no state of its own,
+    runs on the counters' device without reading anything back, traces into a compiled step
+    like any integer arithmetic and gives compiled and eager steps the same draws; a resumed run
+    draws what the uninterrupted one would. ``h * capacity >> 32`` maps the 32-bit hash h onto
+    the slots (each slot has probability within capacity / 2^32 of 1 / capacity).
+
+    Args:
+        seed: the group's seed, an integer in [0, 2^64).
+        streams: ``(n,)`` int64 in [0, 2^32): memories with the same stream and counter draw
+            the same slot.
+        counters: ``(n,)`` int64 >= 0.
+        capacity: the number of slots, C.
+    """
+    base = hash32((seed >> 32) ^ hash32(seed & _MASK32))  # a Python int
+    x = hash32(streams ^ base)
+    x = hash32(x ^ (counters >> 32))
+    x = hash32(x ^ (counters & _MASK32))
+    return (x * capacity) >> 32
 
 
 def coefficients(aggr: str, filled: Tensor, kappa: float) -> tuple[Tensor, Tensor]:
@@ -127,6 +209,45 @@ def directions(
         out = torch._foreach_mul(scaled_sums, b)
         torch._foreach_addcmul_(out, grads, s)
     return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(out, grads)]
+
+
+def memory_only_coefficients(
+    admit: Tensor, filled: Tensor, capacity: int, kappa: float, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``(b, empty)``, each ``(n,)``, for ``include_current=False``: the direction is
+    ``kappa * mean(memory after the offer) = b * T'`` with T' the scaled sum after the offer
+    (:func:`offered_directions`), and g itself where ``empty`` (nothing was ever admitted)."""
+    after = filled + (admit & (filled < capacity)).to(filled.dtype)
+    empty = after == 0
+    n = after.to(torch.float64).clamp(min=1.0)
+    return torch.where(empty, 0.0, kappa / n) / scale, empty
+
+
+def offered_directions(
+    grads: list[Tensor],
+    stores: list[Tensor],
+    scaled_sums: list[Tensor],
+    slots: list[Tensor],
+    admits: list[Tensor],
+    b: list[Tensor],
+    empty: list[Tensor],
+    scale: float,
+) -> list[Tensor]:
+    """``b * T'`` for each tensor (g itself where ``empty``), in the gradients' dtypes, with T' the
+    scaled sum as :func:`write_slot_` will leave it: the memory-only direction, computed before
+    the memory changes. ``slots`` are ``(1,)`` indices; ``admits``, ``b``, ``empty`` 0-d."""
+    out = []
+    for g, store, scaled_sum, slot, admit, b_i, empty_i in zip(
+        grads, stores, scaled_sums, slots, admits, b, empty
+    ):
+        old = store.index_select(0, slot)[0]
+        # The same terms as write_slot_ adds (a non-admitted gradient is never read: where, not a
+        # product, so that an inf or NaN gradient cannot reach the direction).
+        new = torch.where(admit, g.to(store.dtype), old)
+        after = scaled_sum + torch.mul(new.to(scaled_sum.dtype), scale).sub_(old, alpha=scale)
+        d = torch.where(empty_i, g, (after * b_i).to(g.dtype))
+        out.append(d)
+    return out
 
 
 def write_slot_(

@@ -26,7 +26,8 @@ import torch
 from torch.optim import optimizer as _torch_optimizer
 
 from .aggmo import AggMo
-from .memory import AGGREGATIONS, KEY_MODES
+from .memory import AGGREGATIONS, KEY_MODES, SELECTIONS
+from .options import checked_lr
 from .wrapper import CriticalGradients, key_from_synced
 
 _P = inspect.Parameter
@@ -46,6 +47,8 @@ def _memory_parameters(aggr: str) -> list[inspect.Parameter]:
         _P("synced", _P.KEYWORD_ONLY, default=None, annotation=bool | None),
         _P("key", _P.KEYWORD_ONLY, default=None, annotation=Literal[KEY_MODES] | None),
         _P("store_dtype", _P.KEYWORD_ONLY, default=None, annotation=torch.dtype | None),
+        _P("selection", _P.KEYWORD_ONLY, default="critical", annotation=Literal[SELECTIONS]),
+        _P("include_current", _P.KEYWORD_ONLY, default=True, annotation=bool),
         _P("compile", _P.KEYWORD_ONLY, default=False, annotation=bool),
     ]
 
@@ -183,6 +186,8 @@ def _construct(self: _MemoryOptimizer, spec: _Spec, arguments: dict[str, Any]) -
             # Arguments left at torch's default (the very object) are not passed: torch gets the
             # call the user wrote, and its own defaults apply.
             kwargs[p.name] = value
+    if "lr" in kwargs:
+        kwargs["lr"] = checked_lr(kwargs["lr"])
     key = key_from_synced(arguments["synced"], arguments["key"])
     base = spec.base_class(*args, **kwargs)
     CriticalGradients.__init__(
@@ -194,6 +199,8 @@ def _construct(self: _MemoryOptimizer, spec: _Spec, arguments: dict[str, Any]) -
         aggr=arguments["aggr"],
         key=key,
         store_dtype=arguments["store_dtype"],
+        selection=arguments["selection"],
+        include_current=arguments["include_current"],
         compile=arguments["compile"],
     )
 
@@ -229,6 +236,13 @@ _MEMORY_DOCS = {
     "store_dtype": (
         "dtype of the stored gradients, e.g. ``torch.bfloat16``; None keeps the parameter's"
     ),
+    "selection": (
+        "which gradients the memory keeps once full: {selections} (see ``CriticalGradients``)"
+    ),
+    "include_current": (
+        "False aggregates the memory alone, after the gradient was offered to it (the "
+        "reference package's ``SGD_C_Only``; ``aggr`` does not apply)"
+    ),
     "compile": "use the compiled implementation of the memory (see ``CriticalGradients``)",
 }
 
@@ -242,6 +256,7 @@ def _docstring(name: str, spec: _Spec, summary: str) -> str:
                 base=base,
                 aggregations=", ".join(f'``"{a}"``' for a in AGGREGATIONS),
                 key_modes=", ".join(f'``"{k}"``' for k in KEY_MODES),
+                selections=", ".join(f'``"{s}"``' for s in SELECTIONS),
             )
         elif p.name == "params":
             text = "parameters to optimize, or dicts defining parameter groups"
@@ -254,8 +269,8 @@ def _docstring(name: str, spec: _Spec, summary: str) -> str:
         "",
         f"The torch arguments are those of the installed ``{base}``, with its defaults;",
         "see its documentation for their meaning, and :class:`critgrad.CriticalGradients` for the",
-        "memory's. ``topC``, ``decay``, ``kappa``, ``aggr``, ``key`` and ``store_dtype`` can also",
-        "be set per parameter group.",
+        "memory's. ``topC``, ``decay``, ``kappa``, ``aggr``, ``key``, ``store_dtype``,",
+        "``selection`` and ``include_current`` can also be set per parameter group.",
         "",
         "Example:",
         "    >>> model = torch.nn.Linear(3, 1)",

@@ -2,7 +2,10 @@
 
 Names are lowercase: ``"adam"`` is ``torch.optim.Adam``; ``"adam_c"`` is :class:`critgrad.Adam`
 (its memory-augmented twin). ``"sgd"`` with ``momentum=0.9`` is SGD with momentum. ``"aggmo"`` is
-:class:`critgrad.AggMo` and ``"aggmo_c"`` its twin :class:`critgrad.AggMo_C`.
+:class:`critgrad.AggMo` and ``"aggmo_c"`` its twin :class:`critgrad.AggMo_C`. ``"adam_cm"`` is
+:class:`critgrad.Adam_CM` (Adam with critical momenta), a memory-augmented optimizer of its own
+with no vanilla twin of that name (its vanilla counterpart is ``"adamw"``, or ``"adam"`` without
+weight decay).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import torch
 from torch import nn
 
 from . import optimizers
+from .adam_cm import Adam_CM
 from .aggmo import AggMo
+from .options import checked_lr
 
 _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]]] = {
     "sgd": (torch.optim.SGD, optimizers.SGD),
@@ -28,6 +33,8 @@ _BASES: dict[str, tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]
     "radam": (torch.optim.RAdam, optimizers.RAdam),
     "aggmo": (AggMo, optimizers.AggMo_C),
 }
+# Memory-augmented optimizers that are not a torch optimizer plus the memory (no "_c" twin).
+_STANDALONE: dict[str, type[torch.optim.Optimizer]] = {"adam_cm": Adam_CM}
 
 MEMORY_SUFFIX = "_c"
 
@@ -42,23 +49,28 @@ def _memory_arguments() -> tuple[str, ...]:
 MEMORY_ARGUMENTS: tuple[str, ...] = _memory_arguments()
 """The keyword arguments that every ``_c`` optimizer takes beyond its base optimizer's: the
 memory's (``topC``, ``decay``, ``kappa``, ``aggr``, ``synced``, ``key``, ``store_dtype``,
-``compile``)."""
+``selection``, ``include_current``, ``compile``)."""
 
 
 def list_optimizers(memory: bool | None = None) -> list[str]:
-    """Names accepted by :func:`create_optimizer`: all, only the ``_c`` ones, or only vanilla."""
+    """Names accepted by :func:`create_optimizer`: all, only those with a memory (the ``_c`` ones
+    and ``adam_cm``), or only vanilla."""
     names = []
     for base in _BASES:
         if memory in (None, False):
             names.append(base)
         if memory in (None, True):
             names.append(base + MEMORY_SUFFIX)
+    if memory in (None, True):
+        names.extend(_STANDALONE)
     return names
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The class behind a name (case-insensitive)."""
     lowered = name.lower()
+    if lowered in _STANDALONE:
+        return _STANDALONE[lowered]
     memory = lowered.endswith(MEMORY_SUFFIX)
     base = lowered[: -len(MEMORY_SUFFIX)] if memory else lowered
     if base not in _BASES:
@@ -124,5 +136,5 @@ def create_optimizer(
     else:
         params = model_or_params
     if lr is not None:
-        kwargs["lr"] = lr
+        kwargs["lr"] = checked_lr(lr)
     return cls(params, weight_decay=weight_decay, **kwargs)

@@ -13,17 +13,25 @@ import functools
 import inspect
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _distributed as D
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep
 from ._state import AGE, MEMORY_STATE_KEYS, PRIORITY, SCALED_SUM, STATS, STORE, memory_dtypes
-from .options import MEMORY_OPTIONS, check_memory_options, key_from_synced
+from .options import (
+    MEMORY_OPTIONS,
+    SEED,
+    check_memory_options,
+    draw_seeds,
+    key_from_synced,
+    python_numbers_,
+)
 
 # (The helpers that lived here before, still importable from here.)
 __all__ = [
@@ -42,7 +50,7 @@ class _Plan(NamedTuple):
 
     group: dict[str, Any]
     params: list[Tensor]  # each once, with a gradient
-    grads: list[Tensor]
+    grads: list[Tensor]  # this rank's shards of DTensor gradients
     memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
     new: list[bool]  # the memory enters the state when the plan is committed
     keys: Tensor  # (n,) float64
@@ -54,6 +62,8 @@ class _Plan(NamedTuple):
     filled: Tensor  # (n,) int64, entries before this step
     b: list[Tensor]  # per tensor, 0-d: the direction is s * g + b * (scaled sum)
     s: list[Tensor] | None  # per tensor, 0-d: None means 1
+    # include_current=False: the directions themselves (b and s then go unused), else None
+    directions: list[Tensor] | None = None
 
 
 class CriticalGradients(Optimizer):
@@ -76,6 +86,8 @@ class CriticalGradients(Optimizer):
     decay all see d); ``p.grad`` is g again when ``step`` returns. Then g enters the memory if
     there is room or if its key is strictly greater than the smallest priority (replacing that
     entry), and every priority is multiplied by ``decay``. A non-finite key never enters.
+    ``selection`` chooses another rule for what enters; ``include_current=False`` aggregates the
+    memory alone, after g was offered to it.
 
     Args:
         optimizer: the torch optimizer to give a memory; its ``param_groups`` and ``state`` are
@@ -96,6 +108,26 @@ class CriticalGradients(Optimizer):
         store_dtype (torch.dtype, optional): dtype of the stored gradients, e.g. ``torch.bfloat16``
             to halve the memory (their running sum is then kept in float32). Default: the
             parameter's dtype.
+        selection (str): which gradients the memory keeps; with room every finite gradient
+            enters, and when it is full (default: ``"critical"``):
+            ``"critical"``: the key replaces the smallest priority iff it is strictly greater;
+            ``"recent"``: the gradient replaces the oldest entry (first in, first out);
+            ``"smallest"``: the key replaces the largest priority iff it is strictly smaller;
+            ``"random"``: the gradient replaces an entry drawn uniformly. The draws are a hash
+            of a seed, the memory and its count of offers (:func:`critgrad.memory.random_slots`):
+            on the device, without state of their own, the same compiled and eager. The seed is
+            drawn from torch's global generator when the group is added (``torch.manual_seed``
+            makes runs repeatable) and kept in the group as ``"selection_seed"``, so that
+            ``state_dict()`` saves it (in data-parallel training every process must hold the
+            same seed, as it holds the same parameters: seed torch alike on every process, or
+            set ``selection_seed`` in the group). With ``key="per_tensor"`` each tensor draws
+            its own slot; with a key per group the group's tensors draw the same one.
+            Priorities decay and ages advance the same way under every rule.
+        include_current (bool): ``False`` gives the memory-only direction (the reference
+            package's ``SGD_C_Only``): g is offered to the memory first, and the direction is
+            kappa x the mean of the memory after the offer (g itself while the memory is
+            empty, i.e. until a gradient was admitted); ``aggr`` does not apply. ``kappa=0``
+            still switches the memory off (the base optimizer on g) (default: True).
         compile (bool): run the whole step, memory and wrapped optimizer together, as
             ``torch.compile``-d code (default: False). Faster on large models; the first steps
             pay the compilation (seconds). ``last_step_implementation`` says which ran
@@ -127,6 +159,8 @@ class CriticalGradients(Optimizer):
         aggr: str = "mean",
         key: str = "sum_of_norms",
         store_dtype: torch.dtype | None = None,
+        selection: str = "critical",
+        include_current: bool = True,
         compile: bool = False,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -149,7 +183,10 @@ class CriticalGradients(Optimizer):
             "aggr": aggr,
             "key": key,
             "store_dtype": store_dtype,
+            "selection": selection,
+            "include_current": include_current,
         }
+        python_numbers_(memory_defaults)
         check_memory_options(memory_defaults)
         if not isinstance(compile, bool):
             raise ValueError(f"Invalid compile: {compile!r} (must be True or False)")
@@ -158,6 +195,9 @@ class CriticalGradients(Optimizer):
         self.last_step_implementation: str | None = None
         self._memory_defaults = memory_defaults
         self._compiled: CompiledStep | None = None
+        # Inside a ZeroRedundancyOptimizer each rank steps some of each group's tensors: the keys
+        # of a group then come from every rank's tensors (one all-reduce per group and step).
+        self._zero = D.zero_partition()
         # Optimizer.__init__ installs the hooks that schedulers and profilers rely on; it calls
         # add_param_group for each of the base's groups, which we adopt as the very same dicts.
         self._adopting = True
@@ -208,12 +248,15 @@ class CriticalGradients(Optimizer):
         options = {
             name: param_group.get(name, default) for name, default in self._memory_defaults.items()
         }
+        if SEED in param_group:
+            options[SEED] = param_group[SEED]
+        python_numbers_(options)
         check_memory_options(options)
         if not self._adopting:
             self.base.add_param_group(param_group)
             param_group = self.base.param_groups[-1]
-        for name, value in options.items():
-            param_group.setdefault(name, value)
+        param_group.update(options)  # (the group's own values, numpy scalars as Python's)
+        draw_seeds([param_group])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_compiled": None}  # compiled code is rebuilt where it runs
@@ -235,6 +278,7 @@ class CriticalGradients(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        draw_seeds(self.param_groups)  # (groups switched to selection="random" since built)
         # The one place that chooses how the step runs. A step that creates memories runs eagerly:
         # compiling it would cost a graph that never runs again.
         if self.compile and not self._creates_memories():
@@ -301,8 +345,9 @@ class CriticalGradients(Optimizer):
         Counts are of tensor-gradients: a group of 3 tensors offers 3 gradients per step.
 
         - ``offered``, ``admitted``: gradients offered to and admitted into the memory;
-        - ``rejected``: finite gradients turned away because the memory was full and their key
-          was not above the smallest priority;
+        - ``rejected``: finite gradients turned away by the selection rule because the memory
+          was full (``critical``: their key was not above the smallest priority; ``smallest``:
+          not below the largest; never under ``recent`` and ``random``);
         - ``nonfinite``: gradients with an inf/NaN key (never admitted);
         - ``evicted``, ``mean_eviction_age``: entries replaced, and their mean age in steps;
         - ``filled``, ``capacity``: entries held now and ``topC`` x tensors;
@@ -342,12 +387,16 @@ class CriticalGradients(Optimizer):
         )
 
     def _plan(self, group: dict[str, Any]) -> _Plan | None:
-        """Decide the group's step: nothing changes here."""
+        """Decide the group's step: nothing changes here (but numpy scalars set in the group
+        since the last step become Python numbers)."""
+        python_numbers_(group)
         check_memory_options(group)
         if group["kappa"] == 0:
             return None
         params = list(dict.fromkeys(p for p in group["params"] if p.grad is not None))
         if not params:
+            if self._zero is not None:  # the other ranks' keys still need this rank's zeros
+                D.zero_keys(None, [], group["key"], self._zero, self._group_index(group))
             return None
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
@@ -359,19 +408,49 @@ class CriticalGradients(Optimizer):
         for p in params:
             memory = self._memory_of(p, group)
             memories.append(memory)
-            new.append(memory is not self.state.get(p))
-        keys = M.keys_from_norms(_norms(grads), group["key"])
+            new.append(STORE not in self.state.get(p, ()))
+        # DTensor gradients: the plan works on this rank's shards, the keys on whole tensors.
+        shards = [D.local(g) for g in grads]
+        keys = self._keys(_norms(shards), grads, params, group)
         device = keys.device
         priority, age, stats = (
             torch.stack([m[name].to(device) for m in memories]) for name in (PRIORITY, AGE, STATS)
         )
-        admit, slot, filled = M.admission(keys, priority, age)
-        c, s = M.coefficients(group["aggr"], filled, group["kappa"])
-        b = c * s / M.sum_scale(group["topC"])
+        selection, drawn = group["selection"], None
+        if selection == "random":
+            # Each tensor offered its own stream (its place among the group's tensors with a
+            # gradient); with one key per group the memories hold the same steps: one stream.
+            streams = torch.arange(len(params), device=device)
+            if group["key"] != "per_tensor":
+                streams = torch.zeros_like(streams)
+            drawn = M.random_slots(group[SEED], streams, stats[:, 0], group["topC"])
+        admit, slot, filled = M.admission(keys, priority, age, selection, drawn)
+        scale = M.sum_scale(group["topC"])
+        s: list[Tensor] | None
+        if group["include_current"]:
+            c, factor = M.coefficients(group["aggr"], filled, group["kappa"])
+            b = _spread(c * factor / scale, params)
+            s = None if group["aggr"] == "sum" else _spread(factor, params)
+            directions = None
+        else:  # the memory alone after the offer, read before anything changes
+            coefficient, empty = M.memory_only_coefficients(
+                admit, filled, group["topC"], group["kappa"], scale
+            )
+            b, s = _spread(coefficient, params), None
+            directions = M.offered_directions(
+                shards,
+                [m[STORE] for m in memories],
+                [m[SCALED_SUM] for m in memories],
+                _spread(slot[:, None], params),
+                _spread(admit, params),
+                b,
+                _spread(empty, params),
+                scale,
+            )
         return _Plan(
             group,
             params,
-            grads,
+            shards,
             memories,
             new,
             keys,
@@ -381,9 +460,25 @@ class CriticalGradients(Optimizer):
             admit,
             slot,
             filled,
-            _spread(b, params),
-            None if group["aggr"] == "sum" else _spread(s, params),
+            b,
+            s,
+            directions,
         )
+
+    def _keys(
+        self, norms: Tensor, grads: list[Tensor], params: list[Tensor], group: dict[str, Any]
+    ) -> Tensor:
+        """The group's keys from the norms of this rank's (shards of) gradients: the norms of
+        whole tensors first where they are sharded, a group key from every rank's tensors
+        inside a ZeroRedundancyOptimizer."""
+        norms = D.global_norms(norms, grads)
+        if self._zero is not None:
+            keys = D.zero_keys(norms, params, group["key"], self._zero, self._group_index(group))
+            return cast(Tensor, keys)  # None only when no norms are given
+        return M.keys_from_norms(norms, group["key"])
+
+    def _group_index(self, group: dict[str, Any]) -> int:
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
 
     def _memory_of(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
         """The parameter's state if it holds a memory, else a new empty memory (not yet in it)."""
@@ -397,19 +492,24 @@ class CriticalGradients(Optimizer):
                     f"memory holds topC={store.shape[0]} gradients as {store.dtype}, the group "
                     f"now says topC={group['topC']}, store_dtype={group['store_dtype']}"
                 )
-            return state
+            return S.working(state)
         return S.new_memory(p, group)
 
     def _apply(self, plans: list[_Plan]) -> None:
         """Give the base the directions as gradients, run it, give the gradients back, commit."""
         directions = [
-            M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.b, plan.s)
+            plan.directions
+            if plan.directions is not None
+            else M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.b, plan.s)
             for plan in plans
         ]
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
         # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
-        in_place = torch.compiler.is_compiling()
+        # Sharded, the plan holds the DTensor gradients' shards: the same, into the shards.
+        in_place = torch.compiler.is_compiling() or any(
+            D.is_dtensor(p) for plan in plans for p in plan.params
+        )
         raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
         try:
             for plan, group_directions in zip(plans, directions):

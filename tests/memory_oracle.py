@@ -21,6 +21,28 @@ def norm(g: list[float]) -> float:
     return math.sqrt(sum(x * x for x in g))
 
 
+def lowbias32(x: int) -> int:
+    """Wellons' 32-bit integer hash: xor-shift 16, times 0x7FEB352D, xor-shift 15, times
+    0x846CA68B, xor-shift 16, all modulo 2^32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def random_slot(seed: int, stream: int, counter: int, capacity: int) -> int:
+    """The slot ``selection="random"`` replaces at a memory's offer number ``counter`` (counted
+    from 0): the seed's two 32-bit halves, then the stream, then the counter's two halves are
+    hashed in turn; the 32-bit result h picks slot floor(h * capacity / 2^32)."""
+    low, high = seed & 0xFFFFFFFF, seed >> 32
+    h = lowbias32(high ^ lowbias32(low))
+    h = lowbias32(h ^ stream)
+    h = lowbias32(h ^ (counter >> 32))
+    h = lowbias32(h ^ (counter & 0xFFFFFFFF))
+    return (h * capacity) >> 32
+
+
 def direction(g: list[float], stored: list[list[float]], aggr: str, kappa: float) -> list[float]:
     """sum: g + kappa mean(B); mid: (g + kappa mean(B)) / 2; mean: (g + kappa sum(B)) / (n + 1)."""
     n = len(stored)
@@ -36,29 +58,65 @@ def direction(g: list[float], stored: list[list[float]], aggr: str, kappa: float
     raise ValueError(aggr)
 
 
+def memory_only_direction(stored: list[list[float]], g: list[float], kappa: float) -> list[float]:
+    """include_current=False: kappa mean(B) with B the memory after the offer; g if B is empty."""
+    if not stored:
+        return list(g)
+    return [kappa * sum(column) / len(stored) for column in zip(*stored)]
+
+
 @dataclass
 class Memory:
-    """One parameter tensor's memory: slots of [priority, gradient], filled in order."""
+    """One parameter tensor's memory: slots of [priority, gradient], filled in order, and each
+    slot's age (steps since its entry entered) in ``ages``.
+
+    ``selection`` is the rule for a full memory (critical: replace the smallest priority if the
+    key is greater; smallest: the largest priority if the key is smaller; recent: the oldest;
+    random: the slot :func:`random_slot` draws with ``seed`` and ``stream``)."""
 
     topC: int
+    selection: str = "critical"
+    seed: int = 0
+    stream: int = 0
     slots: list[list] = field(default_factory=list)
+    ages: list[int] = field(default_factory=list)
+    offers: int = 0
     admitted: int = 0
     rejected: int = 0
     evicted: int = 0
+    draws: list[int] = field(default_factory=list)  # the slots drawn, in order (random)
     closest_call: float = math.inf  # smallest relative gap between a key and what it was beaten by
 
     def offer(self, g: list[float], key: float) -> None:
+        counter = self.offers
+        self.offers += 1
         if not math.isfinite(key):
             return
         if len(self.slots) < self.topC:
             self.slots.append([key, list(g)])
+            self.ages.append(0)
             self.admitted += 1
             return
-        smallest = min(range(len(self.slots)), key=lambda i: (self.slots[i][0], i))
-        priority = self.slots[smallest][0]
-        self.closest_call = min(self.closest_call, abs(key - priority) / max(abs(key), 1e-300))
-        if key > priority:
-            self.slots[smallest] = [key, list(g)]
+        indices = range(len(self.slots))
+        if self.selection in ("critical", "smallest"):
+            sign = 1 if self.selection == "critical" else -1
+            target = min(indices, key=lambda i: (sign * self.slots[i][0], i))
+            priority = self.slots[target][0]
+            gap = abs(key - priority) / max(abs(key), 1e-300)
+            self.closest_call = min(self.closest_call, gap)
+            enters = key > priority if self.selection == "critical" else key < priority
+        elif self.selection == "recent":
+            target = min(indices, key=lambda i: (-self.ages[i], i))
+            enters = True
+        elif self.selection == "random":
+            target = random_slot(self.seed, self.stream, counter, self.topC)
+            self.draws.append(target)
+            enters = True
+        else:
+            raise ValueError(self.selection)
+        if enters:
+            self.slots[target] = [key, list(g)]
+            self.ages[target] = 0
             self.admitted += 1
             self.evicted += 1
         else:
@@ -67,6 +125,7 @@ class Memory:
     def decay(self, factor: float) -> None:
         for slot in self.slots:
             slot[0] *= factor
+        self.ages = [age + 1 for age in self.ages]
 
     def entries(self) -> list[tuple[float, list[float]]]:
         """(priority, gradient) of every held entry, sorted: independent of slot order."""
@@ -87,18 +146,42 @@ def group_keys(grads: list[list[float]], mode: str) -> list[float]:
 class Group:
     """One parameter group's memories and the method's step (without the base update)."""
 
-    def __init__(self, n_tensors, topC=10, decay=0.7, kappa=1.0, aggr="mean", key="sum_of_norms"):
-        self.memories = [Memory(topC) for _ in range(n_tensors)]
+    def __init__(
+        self,
+        n_tensors,
+        topC=10,
+        decay=0.7,
+        kappa=1.0,
+        aggr="mean",
+        key="sum_of_norms",
+        selection="critical",
+        include_current=True,
+        seed=0,
+    ):
+        # Random draws: each tensor its own stream (its place) when keys are per tensor, else one.
+        self.memories = [
+            Memory(topC, selection, seed, i if key == "per_tensor" else 0) for i in range(n_tensors)
+        ]
         self.decay, self.kappa, self.aggr, self.key = decay, kappa, aggr, key
+        self.include_current = include_current
 
     def step(self, grads: list[list[float]]) -> list[list[float]]:
-        """The directions for this step's gradients; then the gradients are offered."""
-        directions = [
-            direction(g, [s[1] for s in m.slots], self.aggr, self.kappa)
-            for g, m in zip(grads, self.memories)
-        ]
-        for g, k, m in zip(grads, group_keys(grads, self.key), self.memories):
+        """The directions for this step's gradients, and the gradients offered: after the
+        directions were taken from the memory, or before (``include_current=False``)."""
+        keys = group_keys(grads, self.key)
+        if self.include_current:
+            directions = [
+                direction(g, [s[1] for s in m.slots], self.aggr, self.kappa)
+                for g, m in zip(grads, self.memories)
+            ]
+        for g, k, m in zip(grads, keys, self.memories):
             m.offer(g, k)
+        if not self.include_current:
+            directions = [
+                memory_only_direction([s[1] for s in m.slots], g, self.kappa)
+                for g, m in zip(grads, self.memories)
+            ]
+        for m in self.memories:
             m.decay(self.decay)
         return directions
 

@@ -19,8 +19,10 @@ def build_pair(cls, kwargs, groups_options, dtype=torch.float64, store_dtype=Non
 
     fast = critgrad.CriticalGradients(cls(groups(params_fast), **kwargs), store_dtype=store_dtype)
     slow_base = cls(groups(params_slow), **kwargs)
-    for group in slow_base.param_groups:
+    for group, fast_group in zip(slow_base.param_groups, fast.param_groups):
         group.setdefault("store_dtype", store_dtype)
+        if "selection_seed" in fast_group:  # selection="random": the same draws
+            group["selection_seed"] = fast_group["selection_seed"]
     return params_fast, fast, params_slow, ReferenceCriticalGradients(slow_base)
 
 

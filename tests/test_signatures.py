@@ -46,6 +46,8 @@ MEMORY_DEFAULTS = {
     "synced": None,
     "key": None,
     "store_dtype": None,
+    "selection": "critical",
+    "include_current": True,
     "compile": False,
 }
 
@@ -130,7 +132,8 @@ def test_signature_has_memory_arguments_with_reference_defaults(cls, torch_cls, 
     assert {name: p.default for name, p in memory.items()} == {**MEMORY_DEFAULTS, "aggr": aggr}
     hints = typing.get_type_hints(cls.__init__)
     assert typing.get_args(hints["aggr"]) == critgrad.AGGREGATIONS
-    assert hints["topC"] is int and hints["compile"] is bool
+    assert typing.get_args(hints["selection"]) == critgrad.SELECTIONS
+    assert hints["topC"] is int and hints["compile"] is bool and hints["include_current"] is bool
 
 
 @pytest.mark.parametrize("cls, torch_cls, aggr", NAMED, ids=NAMED_IDS)
@@ -153,6 +156,8 @@ def test_no_arguments_gives_torch_defaults(cls, torch_cls, aggr):
     group = opt.param_groups[0]
     assert (group["topC"], group["decay"], group["kappa"]) == (10, 0.7, 1.0)
     assert (group["aggr"], group["key"], group["store_dtype"]) == (aggr, "sum_of_norms", None)
+    assert (group["selection"], group["include_current"]) == ("critical", True)
+    assert "selection_seed" not in group
 
 
 @pytest.mark.parametrize(
@@ -193,8 +198,11 @@ def test_memory_keywords_reach_the_memory(cls, torch_cls, aggr):
         aggr="mid",
         synced=False,
         store_dtype=torch.bfloat16,
+        selection="recent",
+        include_current=False,
     )
     group = opt.param_groups[0]
+    assert (group["selection"], group["include_current"]) == ("recent", False)
     assert (group["topC"], group["decay"], group["kappa"], group["aggr"]) == (3, 0.5, 0.25, "mid")
     assert (group["key"], group["store_dtype"]) == ("per_tensor", torch.bfloat16)
     assert cls(make_params(), key="global_norm").param_groups[0]["key"] == "global_norm"

@@ -19,7 +19,8 @@ The modules, in layers from the bottom; a module imports only from its own layer
 * data: ``datasets/`` (where each data set is, loaded and verified);
 * problems: ``problems/`` (one builder function per problem, registered by name),
   ``dialogue_metrics``, ``catalog`` (what ``critgrad list`` shows);
-* runner: ``runner`` (one spec -> one record), ``sinks`` (TensorBoard, W&B);
+* runner: ``runner`` (one spec -> one record), ``sinks`` (TensorBoard, W&B), ``data_parallel``
+  (a run over the processes of torchrun);
 * records: ``records`` (record files, written atomically), ``claims`` (run claims, locks);
 * selection: ``protocols`` (what is tuned, on which seeds), ``scoring`` (scores, selection rules),
   ``selection`` (one problem's records -> each optimizer's configuration), ``manifest``

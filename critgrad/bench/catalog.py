@@ -39,5 +39,12 @@ def lines(data_dir: str | None) -> Iterator[str]:
     aliases = ", ".join(f"{e.label} = {e.name} {dict(e.implied)}" for e in labels if e.implied)
     yield f"optimizers: {', '.join(optimizer_labels.known_labels())}"
     yield f"  aliases: {aliases}"
+    own = ", ".join(
+        f"{e.label} (twin {e.vanilla})"
+        for e in labels
+        if e.memory and e.vanilla and not e.label.endswith(optimizer_labels.MEMORY_SUFFIX)
+    )
+    if own:
+        yield f"  memory optimizers of their own, compared with their vanilla twin: {own}"
     problems_with_sums = ", ".join(saga.FINITE_SUM_PROBLEMS)
     yield f"  saga (batch 1, per-row gradients) runs only on {problems_with_sums}"

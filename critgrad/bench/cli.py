@@ -169,6 +169,7 @@ def command_sweep(args) -> int:
         sweep_obj.executor["workers"] = args.workers
     if args.data_dir:
         sweep_obj.data_dir = args.data_dir
+    _inline_in_data_parallel(sweep_obj)
     outcome = run_sweep(sweep_obj, progress=not args.quiet, command=_command_line())
     return _finish(sweep_obj, outcome, with_report=not args.no_report)
 
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[OPTIMIZER.]KEY=VALUE",
         help="a hyperparameter for all optimizers or one (repeatable); the memory "
-        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the _c optimizers",
+        f"ones ({', '.join(optimizer_labels.MEMORY_ARGUMENTS)}) reach only the memory "
+        "optimizers that take them (the _c ones, adam_cm)",
     )
     run.add_argument(
         "--size",
@@ -291,13 +293,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Under torchrun: the commands that train runs data-parallel, and those that only read.
+DATA_PARALLEL_COMMANDS = ("run", "sweep")
+SINGLE_PROCESS_COMMANDS = ("list", "report")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from critgrad.bench import data_parallel
+
+    if data_parallel.launched_world_size() > 1:
+        return _main_data_parallel(argv)
+    return _main(argv)
+
+
+def _main_data_parallel(argv: Sequence[str] | None) -> int:
+    """Under torchrun: rank 0 runs the command, the other processes train each of its runs with
+    it (see critgrad.bench.data_parallel); only rank 0 writes or prints anything."""
+    from critgrad.bench import data_parallel, runner
+
+    rank = data_parallel.start()
+    try:
+        if rank != 0:
+            data_parallel.follow(runner.run)
+            return 0
+        try:
+            return _main(argv)
+        finally:
+            data_parallel.announce(None)  # the followers are done too
+    finally:
+        data_parallel.stop()
+
+
+def _refuse_in_data_parallel(args) -> None:
+    """Under torchrun, the runs of ``run`` and ``sweep`` train in rank 0's process, with the others
+    (no pool of workers, no jobs); the other commands are not distributed."""
+    from critgrad.bench import data_parallel
+
+    size = data_parallel.world()[1]
+    if size == 1 or args.command in SINGLE_PROCESS_COMMANDS:
+        return
+    if args.command not in DATA_PARALLEL_COMMANDS:
+        raise UsageError(
+            f"critgrad {args.command} does not run under torchrun ({size} processes); "
+            f"under torchrun: {', '.join(DATA_PARALLEL_COMMANDS)}"
+        )
+    workers = getattr(args, "workers", None)
+    if workers not in (None, 1):
+        raise UsageError(
+            f"--workers {workers}: under torchrun each run trains data-parallel over the "
+            f"{size} processes, one run at a time; leave --workers out"
+        )
+    executor = getattr(args, "executor", None)
+    if executor not in (None, "inline", "local"):
+        raise UsageError(
+            f"--executor {executor}: under torchrun the runs train in the torchrun processes; "
+            "use inline"
+        )
+
+
+def _inline_in_data_parallel(sweep_obj) -> None:
+    """Under torchrun a sweep's runs train one after another in rank 0's process (with the other
+    processes), whatever executor the sweep file names; a file that names submitit is refused."""
+    from critgrad.bench import data_parallel
+
+    size = data_parallel.world()[1]
+    if size == 1:
+        return
+    kind = sweep_obj.executor.get("kind", "local")
+    if kind == "submitit":
+        raise UsageError(
+            f"the sweep's executor is submitit: under torchrun ({size} processes) its runs train "
+            "in the torchrun processes; set executor kind = inline"
+        )
+    sweep_obj.executor["kind"] = "inline"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     from critgrad.bench.contract import CorruptData, DataUnavailable
     from critgrad.bench.optimizer_labels import UnknownOptimizer
     from critgrad.bench.problems import UnknownProblem
 
     try:
         args = build_parser().parse_args(argv)
+        _refuse_in_data_parallel(args)
         return args.handler(args)
     except (
         UsageError,

@@ -9,14 +9,24 @@ those additions; :data:`LABELS` joins them with the core's registry, and is what
 
 A *label* is what a sweep, a record and a table use: any name of :func:`critgrad.list_optimizers`
 ("sgd", "adam_c", ...) or an alias such as "sgdm". Labels ending in ``_c`` are the memory-augmented
-twins; the twin of label ``x_c`` is ``x``. A few labels (``saga``) are *task methods*: they need
-the problem's data, not only its parameters, and are built by :func:`create_for_task` from the task
-(each problem says whether it can).
+twins; the twin of label ``x_c`` is ``x``. A memory optimizer of its own, not a vanilla optimizer
+plus the memory (``adam_cm``, Adam with critical momenta), has a row that names its vanilla twin
+(``adam``: at kappa 0 it is AdamW with the same weight decay, Adam without); it is a memory label
+like the ``_c`` ones (it takes the memory settings, the protocols tune it as they tune them) and
+the report sets it beside its twin in a pair of its own. A few labels (``saga``) are *task
+methods*: they need the problem's data, not only its parameters, and are built by
+:func:`create_for_task` from the task (each problem says whether it can).
+
+A *pair* is a vanilla label and one memory label compared with it: ``x`` and ``x_c`` (the pair
+``x``), or a memory optimizer of its own and its twin (the pair named after the memory label,
+``adam_cm``). A vanilla label may so be in several pairs: ``adam`` with ``adam_c`` and with
+``adam_cm``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,9 +43,10 @@ MEMORY_ARGUMENTS = registry.MEMORY_ARGUMENTS
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """What the harness adds to one vanilla optimizer; its ``_c`` twin shares the row."""
+    """What the harness adds to one vanilla optimizer (its ``_c`` twin shares the row), or to a
+    memory optimizer of its own (``twin`` set)."""
 
-    display: str  # the name in tables and plots; the twin's is this + "_C"
+    display: str  # the name in tables and plots; a _c twin's is this + "_C"
     default_lr: float | None  # the fixed protocol's learning rate; None: the optimizer's default
     alias_of: str | None = None  # for an alias: the registry name it stands for
     # For an alias: the hyperparameters it sets (a value the user gives wins).
@@ -44,9 +55,12 @@ class Row:
     # prepare(task, hyperparameters) -> (task, optimizer) and check_problem(problem): a method
     # that needs the task, not only the parameters.
     task_method: types.ModuleType | None = None
+    # For a memory optimizer of its own (a registry name with a memory that is not "<vanilla>_c"):
+    # the vanilla label it is compared with. The row's key is then a memory label.
+    twin: str | None = None
 
 
-# One row per vanilla label. The learning rates are well-known good values for small MNIST-scale
+# One row per vanilla label, and one per memory optimizer of its own. The learning rates are well-known good values for small MNIST-scale
 # models at batch 64, used when none is given (`critgrad run` and the main job); a _c twin uses
 # its vanilla optimizer's.
 ROWS: dict[str, Row] = {
@@ -61,6 +75,9 @@ ROWS: dict[str, Row] = {
     "radam": Row("RAdam", 1e-3),
     "aggmo": Row("AggMo", None),
     "saga": Row("SAGA", None, task_method=saga),  # its default step is 1/(3L)
+    # Adam with critical momenta: at kappa 0 it is AdamW with the same weight decay (decoupled),
+    # which is Adam when there is none, the protocols' default; Adam's learning rate.
+    "adam_cm": Row("Adam_CM", 1e-3, twin="adam"),
 }
 
 
@@ -75,19 +92,43 @@ class Label:
     default_lr: float | None
     memory: bool
     task_method: types.ModuleType | None = None
+    # The vanilla label of its pairs: itself for a vanilla label, "x" for "x_c", the row's twin
+    # for a memory optimizer of its own (None when its row names none).
+    vanilla: str | None = None
+    # The memory settings (of MEMORY_ARGUMENTS) its optimizer takes: none for a vanilla label.
+    memory_arguments: tuple[str, ...] = ()
 
 
-def _labels(names: Iterable[str], rows: Mapping[str, Row]) -> dict[str, Label]:
+def _memory_arguments_of(name: str) -> tuple[str, ...]:
+    # Read from the class's signature: Adam_CM, for one, has no `aggr` (it averages).
+    taken = inspect.signature(registry.optimizer_class(name)).parameters
+    return tuple(argument for argument in MEMORY_ARGUMENTS if argument in taken)
+
+
+def _labels(
+    names: Iterable[str], rows: Mapping[str, Row], memory_names: Iterable[str] = ()
+) -> dict[str, Label]:
     """Every label: the registry's names (with their rows, or their own name to show), the
-    aliases whose target the registry has, and the task methods."""
+    aliases whose target the registry has, the task methods, and the memory optimizers of their
+    own (``memory_names`` not ending in ``_c``; their rows name their twins)."""
     names = set(names)
+    standalone = {n for n in memory_names if not n.endswith(MEMORY_SUFFIX)} & names
+    standalone |= {label for label, row in rows.items() if row.twin is not None}
     labels: dict[str, Label] = {}
-    for vanilla in sorted(names - {n for n in names if n.endswith(MEMORY_SUFFIX)} | set(rows)):
+    suffixed = {n for n in names if n.endswith(MEMORY_SUFFIX)}
+    for vanilla in sorted((names - suffixed | set(rows)) - standalone):
         row = rows.get(vanilla, Row(vanilla, None))
         target = row.alias_of or vanilla
         if row.task_method is not None:
             labels[vanilla] = Label(
-                vanilla, vanilla, {}, row.display, row.default_lr, False, row.task_method
+                vanilla,
+                vanilla,
+                {},
+                row.display,
+                row.default_lr,
+                False,
+                row.task_method,
+                vanilla=vanilla,
             )
             continue
         for memory, suffix in ((False, ""), (True, MEMORY_SUFFIX)):
@@ -99,11 +140,32 @@ def _labels(names: Iterable[str], rows: Mapping[str, Row]) -> dict[str, Label]:
                     row.display + ("_C" if memory else ""),
                     row.default_lr,
                     memory,
+                    vanilla=vanilla,
+                    memory_arguments=_memory_arguments_of(target + suffix) if memory else (),
                 )
+    for label in sorted(standalone):
+        row = rows.get(label, Row(label, None))
+        target = row.alias_of or label
+        if target not in names:
+            continue
+        if row.twin is not None and (row.twin not in labels or labels[row.twin].memory):
+            raise ValueError(f"row {label!r}: twin {row.twin!r} is not a vanilla label")
+        labels[label] = Label(
+            label,
+            target,
+            dict(row.implied),
+            row.display,
+            row.default_lr,
+            True,
+            vanilla=row.twin,
+            memory_arguments=_memory_arguments_of(target),
+        )
     return labels
 
 
-LABELS: dict[str, Label] = _labels(registry.list_optimizers(), ROWS)
+LABELS: dict[str, Label] = _labels(
+    registry.list_optimizers(), ROWS, registry.list_optimizers(memory=True)
+)
 
 
 class UnknownOptimizer(KeyError):
@@ -127,16 +189,67 @@ def entry(label: str) -> Label:
 
 
 def is_memory(label: str) -> bool:
+    """Whether ``label`` has a memory: the ``_c`` twins and the memory optimizers of their own
+    (``adam_cm``); a label the table does not know, by its suffix."""
+    if label in LABELS:
+        return LABELS[label].memory
     return label.endswith(MEMORY_SUFFIX)
 
 
 def base_label(label: str) -> str:
-    """The vanilla label of a pair: "adam_c" -> "adam", "adam" -> "adam"."""
-    return label[: -len(MEMORY_SUFFIX)] if is_memory(label) else label
+    """The vanilla label of ``label``'s pairs: "adam_c" -> "adam", "adam_cm" -> "adam",
+    "adam" -> "adam" (a memory optimizer whose row names no twin: itself)."""
+    if label in LABELS:
+        return LABELS[label].vanilla or label
+    return label[: -len(MEMORY_SUFFIX)] if label.endswith(MEMORY_SUFFIX) else label
 
 
 def memory_label(label: str) -> str:
+    """The ``_c`` twin of a vanilla label ("adam" -> "adam_c"); a memory label: itself."""
     return label if is_memory(label) else label + MEMORY_SUFFIX
+
+
+def memory_arguments(label: str) -> tuple[str, ...]:
+    """The memory settings ``label``'s optimizer takes: all of :data:`MEMORY_ARGUMENTS` for a
+    ``_c`` twin, those of its signature for a memory optimizer of its own (``adam_cm`` has no
+    ``aggr``), none for a vanilla label. A label the table does not know: by its suffix."""
+    if label in LABELS:
+        return LABELS[label].memory_arguments
+    return MEMORY_ARGUMENTS if label.endswith(MEMORY_SUFFIX) else ()
+
+
+def pair_key(label: str) -> str:
+    """The pair a memory label is compared in: its vanilla label for a ``_c`` twin ("adam_c" ->
+    "adam"), its own label for a memory optimizer of its own ("adam_cm" -> "adam_cm"); a vanilla
+    label's own pair (with its ``_c`` twin) is its label."""
+    if is_memory(label) and not label.endswith(MEMORY_SUFFIX):
+        return label
+    return base_label(label)
+
+
+def pairs(labels: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
+    """(pair key, vanilla label or None, memory label or None) for every pair among ``labels``,
+    in the order their first label comes: every memory label with its vanilla label when that is
+    among ``labels``, and every vanilla label that no memory label pairs (alone). ``["adam",
+    "adam_c", "adam_cm"]`` -> ``[("adam", "adam", "adam_c"), ("adam_cm", "adam", "adam_cm")]``."""
+    labels = list(labels)
+    present = set(labels)
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for label in labels:
+        if is_memory(label):
+            vanilla = base_label(label)  # itself when its row names no twin
+            found[pair_key(label)] = (
+                vanilla if vanilla != label and vanilla in present else None,
+                label,
+            )
+        else:
+            found.setdefault(label, (label, None))
+    paired = {vanilla for vanilla, twin in found.values() if twin is not None}
+    return [
+        (key, vanilla, twin)
+        for key, (vanilla, twin) in found.items()
+        if twin is not None or vanilla not in paired
+    ]
 
 
 def display_name(label: str) -> str:
@@ -149,6 +262,15 @@ def display_name(label: str) -> str:
     return name + "_C" if is_memory(label) else name
 
 
+def pair_name(key: str) -> str:
+    """The name of a pair in tables and plots: its vanilla label's for a ``_c`` pair ("Adam":
+    the columns say vanilla and _C), both names for a memory optimizer of its own ("Adam vs
+    Adam_CM")."""
+    if is_memory(key) and base_label(key) != key:
+        return f"{display_name(base_label(key))} vs {display_name(key)}"
+    return display_name(key)
+
+
 def default_lr(label: str) -> float | None:
     """The fixed protocol's learning rate of ``label`` (a twin: its vanilla's); None when the
     optimizer's own default applies or the label is unknown."""
@@ -159,13 +281,18 @@ def resolve(label: str, hyperparameters: Mapping[str, Any]) -> tuple[str, dict[s
     """The registry name and the full keyword arguments that ``label`` with ``hyperparameters``
     stands for; :class:`UnknownOptimizer` lists the known labels otherwise."""
     found = entry(label)
-    if not found.memory:
-        stray = sorted(set(hyperparameters) & set(MEMORY_ARGUMENTS))
-        if stray:
-            raise ValueError(
-                f"optimizer {label!r} has no memory; {', '.join(stray)} apply only "
-                f"to the _c optimizers"
-            )
+    stray = sorted(set(hyperparameters) & set(MEMORY_ARGUMENTS) - set(found.memory_arguments))
+    if stray and not found.memory:
+        others = [n for n, e in LABELS.items() if e.memory and not n.endswith(MEMORY_SUFFIX)]
+        raise ValueError(
+            f"optimizer {label!r} has no memory; {', '.join(stray)} apply only "
+            f"to the _c optimizers" + (f" and {', '.join(others)}" if others else "")
+        )
+    if stray:
+        raise ValueError(
+            f"optimizer {label!r} takes no {', '.join(stray)}; its memory settings: "
+            f"{', '.join(found.memory_arguments)}"
+        )
     return found.name, {**found.implied, **hyperparameters}
 
 

@@ -59,6 +59,14 @@ def _has_positive(values: np.ndarray) -> bool:
     return bool(np.any(np.isfinite(values) & (values > 0)))
 
 
+def _line_style(label: str) -> str:
+    """Solid for a vanilla label, dashed for a _c twin, dotted for a memory optimizer of its own,
+    so that the three can share a colour."""
+    if not optimizer_labels.is_memory(label):
+        return "-"
+    return ":" if optimizer_labels.pair_key(label) == label else "--"
+
+
 def learning_curves(result, path: Path) -> Path | None:
     labels_of = {
         base: [
@@ -83,7 +91,7 @@ def learning_curves(result, path: Path) -> Path | None:
             if not runs:
                 notes.append(f"{display_name(label)}: {item.cell(result.metric)}")
                 continue
-            style = "--" if optimizer_labels.is_memory(label) else "-"
+            style = _line_style(label)
             legend = f"{display_name(label)} (n={len(runs)}"
             legend += f", {item.diverged_runs} diverged)" if item.diverged_runs else ")"
             for row, key in enumerate(("valid_metric", "train_loss")):
@@ -95,7 +103,7 @@ def learning_curves(result, path: Path) -> Path | None:
                 axis.plot(epochs, mean, style, label=legend)
                 axis.fill_between(epochs, mean - std, mean + std, alpha=0.2)
                 log_scale = log_scale or (row == 1 and _has_positive(mean))
-        axes[0][column].set_title(display_name(base))
+        axes[0][column].set_title(optimizer_labels.pair_name(base))
         if notes:
             axes[0][column].text(
                 0.5,
@@ -159,11 +167,12 @@ def lr_sensitivity(result, protocol: Protocol, path: Path) -> Path | None:
         values = [points[(lr,)] for lr in lrs]
         values = [v if math.isfinite(v) else np.nan for v in values]
         color = f"C{bases.index(optimizer_labels.base_label(label)) % 10}"
-        # A pair shares a colour: solid vanilla, dashed _C.
+        # A vanilla label and its memory labels share a colour: solid vanilla, dashed _C,
+        # dotted a memory optimizer of its own (Adam_CM beside Adam and Adam_C).
         axis.plot(
             lrs,
             values,
-            "--o" if optimizer_labels.is_memory(label) else "-o",
+            _line_style(label) + "o",
             color=color,
             label=display_name(label),
         )

@@ -2,7 +2,8 @@
 
 ``fair`` (the default)
     Every optimizer gets the same number of configurations. The vanilla optimizer tunes the
-    learning rate over ``lrs``; its ``_c`` twin gets exactly as many configurations, either the
+    learning rate over ``lrs``; its ``_c`` twin (and any memory optimizer of its own compared
+    with it, ``adam_cm``) gets exactly as many configurations, either the
     same learning rates with the reference's recommended memory (topC 10, decay 0.7, kappa 1;
     ``memory_search="fixed"``, the default) or as many (lr, topC, decay) triples drawn without
     replacement, with a fixed seed, from the paper's grid (``memory_search="sampled"``).
@@ -139,16 +140,42 @@ def extra_hyperparameters(
 ) -> dict[str, Any]:
     """Fixed extra hyperparameters for ``label``: under "all", its vanilla label, or the label.
 
-    Memory settings under "all" reach only the _c optimizers; under a vanilla label's own name
-    they are kept, so that creating the optimizer reports the mistake.
+    Memory settings under "all" reach only the memory optimizers that take them (the _c ones,
+    and ``adam_cm`` all but ``aggr``); under a label's own name they are kept, so that creating
+    the optimizer reports the mistake. A memory optimizer of its own also gets its twin's
+    settings (``adam_cm`` those under ``adam``), as a _c twin gets its vanilla's.
     """
     extra = _check_extra(extra)
-    merged = dict(extra.get("all", {}))
-    if not optimizer_labels.is_memory(label):
-        merged = {k: v for k, v in merged.items() if k not in optimizer_labels.MEMORY_ARGUMENTS}
+    merged = _memory_settings_for(label, extra.get("all", {}))
     merged.update(extra.get(optimizer_labels.base_label(label), {}))
     merged.update(extra.get(label, {}))
     return merged
+
+
+def _memory_settings_for(label: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without the memory settings that ``label``'s optimizer does not take."""
+    taken = optimizer_labels.memory_arguments(label)
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in optimizer_labels.MEMORY_ARGUMENTS or k in taken
+    }
+
+
+def _memory_words(optimizers: Sequence[str]) -> str:
+    """Who gets the memory settings, in the notes: "the _c twins", plus any memory optimizer of
+    its own by name ("the _c twins and Adam_CM")."""
+    own = [
+        optimizer_labels.display_name(label)
+        for label in optimizers
+        if optimizer_labels.is_memory(label) and optimizer_labels.pair_key(label) == label
+    ]
+    twins = [
+        label
+        for label in optimizers
+        if optimizer_labels.is_memory(label) and optimizer_labels.pair_key(label) != label
+    ]
+    return " and ".join((["the _c twins"] if twins or not own else []) + own)
 
 
 def _check_extra(extra: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -196,7 +223,8 @@ def fair(
         if not optimizer_labels.is_memory(label):
             configs[label] = [{**extras, "lr": lr} for lr in lrs]
         elif memory_search == "fixed":
-            configs[label] = [{**memory, **extras, "lr": lr} for lr in lrs]
+            own = _memory_settings_for(label, memory)
+            configs[label] = [{**own, **extras, "lr": lr} for lr in lrs]
         else:
             # One draw per twin label, all from the same seeded stream order: reproducible.
             draws = sorted(random.Random(f"{sample_seed}:{label}").sample(grid, len(lrs)))
@@ -210,12 +238,13 @@ def fair(
                 }
                 for lr, top, decay in draws
             ]
+    who = _memory_words(optimizers)
     memory_words = (
-        f"the _c twins use the same learning rates with topC "
+        f"{who} use the same learning rates with topC "
         f"{memory.get('topC')}, decay {memory.get('decay')}, kappa "
         f"{memory.get('kappa')}"
         if memory_search == "fixed"
-        else f"the _c twins get {len(lrs)} (lr, topC, decay) triples drawn from lr x topC "
+        else f"{who} get {len(lrs)} (lr, topC, decay) triples drawn from lr x topC "
         f"{list(topCs)} x decay {list(decays)} (seed {sample_seed})"
     )
     notes = (
@@ -300,6 +329,6 @@ def default_configs(
         lr = optimizer_labels.default_lr(label)
         config = {} if lr is None else {"lr": lr}
         if optimizer_labels.is_memory(label):
-            config.update(memory)
+            config.update(_memory_settings_for(label, memory))
         configs[label] = config
     return configs

@@ -1,7 +1,8 @@
 """Report: records on disk -> tables in the paper's layout (Markdown and CSV rows).
 
 For every problem: optimizer | vanilla | _C, the reported metric's mean +- std over seeds of each
-optimizer's selected configuration, the better of each pair in bold; beside it the protocol, the
+optimizer's selected configuration, the better of each pair in bold (a memory optimizer of its
+own, Adam_CM, has a row of its own beside its twin's pair: "Adam vs Adam_CM"); beside it the protocol, the
 budget (configurations per optimizer), the seeds, the machine and the wall time; then
 time-to-target, the per-step cost and the memory's admission rate. Selection is recomputed from
 the records with the sweep's own rules (:mod:`critgrad.bench.selection`), so a report can be made
@@ -20,7 +21,7 @@ from typing import Any
 
 from critgrad.bench import optimizer_labels, records, scoring, selection
 from critgrad.bench.manifest import read_manifest
-from critgrad.bench.optimizer_labels import display_name
+from critgrad.bench.optimizer_labels import display_name, pair_name
 from critgrad.bench.protocols import Protocol
 
 # metric -> (scale, decimals, unit shown in the heading)
@@ -45,6 +46,8 @@ class OptimizerResult:
     step_ms: tuple[float, float]  # optimizer.step() ms, whole training step ms (medians)
     admitted: float  # admitted / offered gradients at the end (NaN without memory)
     mean_age: float | None
+    # In the label's own pair (a vanilla label in several pairs: the first); per pair in
+    # ProblemResult.times.
     time_to_target: tuple[int, float] | None = None
     diverged_runs: int = 0  # among ``runs``
     tried_configs: int = 0  # configurations with a run on the selection seeds
@@ -77,10 +80,20 @@ class ProblemResult:
     metric: str
     higher_is_better: bool
     results: dict[str, OptimizerResult]
-    pairs: list[tuple[str, str | None, str | None]]  # (vanilla label, vanilla, twin) present
-    targets: dict[str, float]  # vanilla label -> validation target of the pair
+    pairs: list[tuple[str, str | None, str | None]]  # (pair key, vanilla, twin) present
+    targets: dict[str, float]  # pair key -> validation target of the pair
     wall_seconds: float  # sum of the problem's run wall times
     seeds: list[int]
+    # pair key -> label -> (steps, seconds) to the pair's target, or None if never reached
+    times: dict[str, dict[str, tuple[int, float] | None]] = dataclasses.field(default_factory=dict)
+
+    def target_of(self, label: str) -> float:
+        """The validation target of ``label``'s own pair (its first, for a vanilla label in
+        several); NaN when it has none."""
+        for key, vanilla, twin in self.pairs:
+            if label in (vanilla, twin) and key in self.targets:
+                return self.targets[key]
+        return math.nan
 
 
 @dataclasses.dataclass
@@ -112,24 +125,6 @@ def infer_protocol(all_records: Sequence[Mapping[str, Any]]) -> Protocol:
         "no sweep manifest: every configuration found in the folder, selection on the "
         "mean final validation metric over all seeds, reported: final test metric",
     )
-
-
-def _pairs(labels: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
-    order: list[str] = []
-    for label in labels:
-        base = optimizer_labels.base_label(label)
-        if base not in order:
-            order.append(base)
-    return [
-        (
-            base,
-            base if base in labels else None,
-            optimizer_labels.memory_label(base)
-            if optimizer_labels.memory_label(base) in labels
-            else None,
-        )
-        for base in order
-    ]
 
 
 def _problem_info(name: str) -> str:
@@ -182,18 +177,24 @@ def analyse_problem(
             tried_configs=len(tuned),
             diverged_configs=sum(1 for group in tuned if scoring.diverged_count(group)),
         )
-    pairs = _pairs(list(protocol.configs))
-    targets = {}
-    for base, vanilla, twin in pairs:
+    pairs = optimizer_labels.pairs(protocol.configs)
+    targets: dict[str, float] = {}
+    times: dict[str, dict[str, tuple[int, float] | None]] = {}
+    for key, vanilla, twin in pairs:
         if vanilla and twin and results[vanilla].status == results[twin].status == "ok":
             target = scoring.pair_target(
                 [results[vanilla].valid[0], results[twin].valid[0]], higher
             )
-            targets[base] = target
-            for label in (vanilla, twin):
-                results[label].time_to_target = scoring.time_to_target(
-                    results[label].runs, target, higher
-                )
+            targets[key] = target
+            times[key] = {
+                label: scoring.time_to_target(results[label].runs, target, higher)
+                for label in (vanilla, twin)
+            }
+    for label, item in results.items():  # each label's own (first) pair
+        for key, vanilla, twin in pairs:
+            if key in times and label in (vanilla, twin):
+                item.time_to_target = times[key][label]
+                break
     return ProblemResult(
         problem=problem,
         description=_problem_info(problem),
@@ -204,6 +205,7 @@ def analyse_problem(
         targets=targets,
         wall_seconds=math.fsum(r["wall_seconds"] for r in problem_records),
         seeds=list(protocol.seeds),
+        times=times,
     )
 
 
@@ -334,7 +336,7 @@ def problem_markdown(
         for side, key in (("vanilla", "vanilla"), ("_C", "memory")):
             text = row[f"{key}_text"]
             cells.append(f"**{text}**" if row["better"] == side else text)
-        lines.append(f"| {display_name(row['base'])} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {pair_name(row['base'])} | {cells[0]} | {cells[1]} |")
     budget = ", ".join(f"{display_name(k)} {v}" for k, v in protocol.budget().items())
     machine = analysis.machine or {}
     threads = sorted(
@@ -348,8 +350,15 @@ def problem_markdown(
     )
     executor = (analysis.manifest or {}).get("executor") or {}
     total = (analysis.manifest or {}).get("wall_seconds")
+    lines.append("")
+    for key, _, twin in result.pairs:
+        if twin == key and optimizer_labels.base_label(key) != key:  # not a _c twin
+            lines.append(
+                f"- {pair_name(key)}: the _C column holds {display_name(key)}, a memory "
+                f"optimizer of its own, compared with its vanilla twin "
+                f"{display_name(optimizer_labels.base_label(key))}."
+            )
     lines += [
-        "",
         f"- Protocol: {protocol.notes}.",
         f"- Budget (configurations per optimizer): {budget}.",
         f"- Seeds: {', '.join(map(str, result.seeds))}.",
@@ -413,11 +422,11 @@ def _time_to_target_table(result: ProblemResult) -> str:
             continue
         cells = []
         for label in (vanilla, twin):
-            reached = result.results[label].time_to_target
+            reached = result.times[base][label]
             cells += [str(reached[0]), f"{reached[1]:.1f}"] if reached else ["-", "-"]
         target = result.targets[base]
         lines.append(
-            f"| {display_name(base)} | {target * scale:.{decimals}f} | " + " | ".join(cells) + " |"
+            f"| {pair_name(base)} | {target * scale:.{decimals}f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
@@ -441,7 +450,7 @@ def _cost_table(result: ProblemResult) -> str:
         )
         age = f"{right.mean_age:.1f}" if right and right.mean_age is not None else "-"
         lines.append(
-            f"| {display_name(base)} | {_ms(left[0])} | {_ms(right_ms[0])} | "
+            f"| {pair_name(base)} | {_ms(left[0])} | {_ms(right_ms[0])} | "
             f"{'-' if not math.isfinite(ratio) else f'{ratio:.2f}x'} | {_ms(left[1])} | "
             f"{_ms(right_ms[1])} | {admitted} | {age} |"
         )
@@ -484,7 +493,7 @@ def table_rows(analysis: Analysis) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "problem": result.problem,
-                    "optimizer": display_name(row["base"]),
+                    "optimizer": pair_name(row["base"]),
                     "metric": result.metric,
                     "vanilla_mean": row["vanilla"][0],
                     "vanilla_std": row["vanilla"][1],
@@ -517,7 +526,7 @@ def result_rows(analysis: Analysis) -> list[dict[str, Any]]:
                     "n": item.reported[2],
                     "valid_mean": item.valid[0],
                     "valid_std": item.valid[1],
-                    "target": result.targets.get(optimizer_labels.base_label(label), math.nan),
+                    "target": result.target_of(label),
                     "steps_to_target": reached[0] if reached else "",
                     "seconds_to_target": reached[1] if reached else "",
                     "step_ms": item.step_ms[0],

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from critgrad.bench import optimizer_labels
+from critgrad.bench import data_parallel, optimizer_labels
 from critgrad.bench.problems import get_problem
 from critgrad.bench.record_format import FINAL_FIELDS, RECORD_FORMAT, RunSpec, finite_or_none
 
@@ -54,6 +54,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        # Under torchrun: the processes that trained the run data-parallel.
+        **({"processes": data_parallel.world()[1]} if data_parallel.world()[1] > 1 else {}),
     }
 
 
@@ -120,6 +122,8 @@ def run(
     from critgrad.bench import sinks  # optional back ends, imported only when a run starts
 
     started = time.perf_counter()
+    # Under torchrun the other processes train it too, with as many threads as this one.
+    data_parallel.announce((spec, data_dir, torch.get_num_threads()))
     problem = get_problem(spec.problem)
     seed_everything(spec.seed)
     task = problem.build(spec.size, spec.seed, data_dir, spec.overrides)
@@ -183,8 +187,8 @@ def run(
             tick = time.perf_counter()
             for batch_in_epoch, batch in enumerate(task.train_batches(generator), start=1):
                 optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(task.model, batch)
-                host_loss = loss.detach().float().cpu()
+                loss = data_parallel.loss(task, batch)  # this process's part under torchrun
+                host_loss = data_parallel.batch_loss(loss).float().cpu()
                 if not math.isfinite(host_loss.item()):
                     divergence = {
                         "step": state["step"] + 1,
@@ -193,6 +197,7 @@ def run(
                     }
                     break
                 loss.backward()
+                data_parallel.sum_gradients(parameters)
                 if task.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, task.grad_clip)
                 before_step = time.perf_counter()

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("optimizers", frozenset({"optimizer_labels", "saga"})),
     ("data", frozenset({"datasets"})),
     ("problems", frozenset({"problems", "dialogue_metrics", "catalog"})),
-    ("runner", frozenset({"runner", "sinks"})),
+    ("runner", frozenset({"runner", "sinks", "data_parallel"})),
     ("records", frozenset({"records", "claims"})),
     # What to run, how a configuration is selected and scored, the plan on disk.
     ("selection", frozenset({"protocols", "scoring", "selection", "manifest"})),

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from critgrad.bench import protocols, scoring
+from critgrad.bench import optimizer_labels, protocols, scoring
 
-PAIRS = ["sgd", "sgd_c", "sgdm", "sgdm_c", "rmsprop", "rmsprop_c", "adam", "adam_c"]
+# Adam_CM: a memory optimizer of its own, tuned as the _c twins are.
+PAIRS = ["sgd", "sgd_c", "sgdm", "sgdm_c", "rmsprop", "rmsprop_c", "adam", "adam_c", "adam_cm"]
 
 
 @pytest.mark.parametrize("memory_search", ["fixed", "sampled"])
@@ -18,7 +19,7 @@ def test_fair_gives_every_optimizer_the_same_budget(memory_search, lrs):
     assert set(protocol.budget().values()) == {len(lrs)}
     for label, configs in protocol.configs.items():
         assert len({scoring.config_id(c) for c in configs}) == len(lrs)  # all distinct
-        if label.endswith("_c"):
+        if optimizer_labels.is_memory(label):
             assert all({"topC", "decay", "kappa"} <= set(c) for c in configs)
         else:
             assert all(set(c) <= {"lr"} for c in configs)
@@ -35,6 +36,27 @@ def test_fair_fixed_memory_uses_the_recommended_values_on_the_same_lrs():
         {"topC": 10, "decay": 0.7, "kappa": 1.0, "lr": 0.001},
     ]
     assert "topC 10, decay 0.7" in protocol.notes
+    assert "the _c twins use the same learning rates" in protocol.notes
+
+
+def test_fair_tunes_adam_cm_as_the_c_twins_with_the_same_memory_settings():
+    fixed = protocols.fair(["adam", "adam_c", "adam_cm"], lrs=[0.01, 0.001])
+    assert fixed.configs["adam_cm"] == fixed.configs["adam_c"]
+    assert "the _c twins and Adam_CM use the same learning rates" in fixed.notes
+    alone = protocols.fair(["adam", "adam_cm"], lrs=[0.01])
+    assert "; Adam_CM use the same learning rates with topC 10" in alone.notes
+    sampled = protocols.fair(
+        ["adam", "adam_c", "adam_cm"], lrs=[0.1, 0.01, 0.001], memory_search="sampled"
+    )
+    assert len(sampled.configs["adam_cm"]) == 3
+    for config in sampled.configs["adam_cm"]:
+        assert config["kappa"] == 1.0 and config["lr"] in (0.1, 0.01, 0.001)
+        assert config["topC"] in protocols.PAPER_TOPCS and config["decay"] in protocols.PAPER_DECAYS
+    assert "the _c twins and Adam_CM get 3 (lr, topC, decay) triples" in sampled.notes
+    # A memory setting Adam_CM does not take (it averages: no aggr) reaches only the _c twins.
+    with_aggr = protocols.fair(["adam_c", "adam_cm"], lrs=[0.01], memory={"topC": 5, "aggr": "sum"})
+    assert with_aggr.configs["adam_c"] == [{"topC": 5, "aggr": "sum", "lr": 0.01}]
+    assert with_aggr.configs["adam_cm"] == [{"topC": 5, "lr": 0.01}]
 
 
 def test_fair_sampled_is_reproducible_and_inside_the_paper_grid():
@@ -53,7 +75,7 @@ def test_fair_sampled_is_reproducible_and_inside_the_paper_grid():
 def test_paper_grid_and_its_imbalance_are_stated():
     protocol = protocols.paper(PAIRS)
     budget = protocol.budget()
-    assert budget["adam"] == 5 and budget["adam_c"] == 45
+    assert budget["adam"] == 5 and budget["adam_c"] == budget["adam_cm"] == 45
     assert protocol.seeds == protocol.tune_seeds == (100, 101, 102, 103, 104)
     assert (protocol.selection_split, protocol.selection_reduce) == ("test", "best")
     assert "9x the budget" in protocol.notes and "TEST" in protocol.notes

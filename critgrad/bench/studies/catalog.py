@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from critgrad.bench.studies import convex, label_noise, surfaces  # noqa: F401  (they register)
+from critgrad.bench.studies import convex, label_noise, surfaces, tuned  # noqa: F401 (register)
 from critgrad.bench.studies.contract import Study, UnknownStudy, registered
 
 
