@@ -123,12 +123,14 @@ def test_state_dict_does_not_alias_live_state():
 
 def test_refuses_other_topC():
     params = make_params()
-    opt = critgrad.Adam(params, topC=4)
+    # topC 3, unlike the first parameter's leading size (4): the store is (topC, 4, 3), and a
+    # message that read the wrong dimension of it would say 4.
+    opt = critgrad.Adam(params, topC=3)
     set_grads(params, gradient_sequence(params, 1)[0])
     opt.step()
     other = critgrad.Adam(make_params(), topC=5)
     # The message says what was saved, what this optimizer has, and how to resume.
-    expected = "saved with topC=4, this optimizer has topC=5; construct it with topC=4 to resume"
+    expected = "saved with topC=3, this optimizer has topC=5; construct it with topC=3 to resume"
     with pytest.raises(ValueError, match=expected):
         other.load_state_dict(roundtrip(opt.state_dict()))
 
