@@ -10,6 +10,7 @@ its compiled graphs so that it can report which implementation really applied a 
 from __future__ import annotations
 
 import itertools
+import operator
 import sys
 import types
 import warnings
@@ -41,16 +42,100 @@ def own_code(function: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
+@torch.library.custom_op("critgrad::materialize", mutates_args=())
+def materialize(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of small tensors: in a compiled graph, an opaque step that makes inductor compute
+    them once, in a kernel of their own, rather than inside the loops that read them."""
+    return [value.clone() for value in values]
+
+
+@materialize.register_fake
+def _(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.empty_like(value) for value in values]
+
+
+SMALL = 64
+"""Tensors of at most this many elements are scalars here (coefficients, counts, keys)."""
+
+LARGE = 1 << 18
+"""Elementwise loops over at least this many elements read their scalars materialized. Inductor
+inlines scalar arithmetic (``beta ** step``, divisions) into the loops that read it, so it runs
+once per vector of 16 floats: ~ a third of a fused Adam update on the CPU. A materialization costs
+~0.1 ms of dispatch, which pays off from about this size on."""
+
+
+def _numel(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, (list, tuple)):
+        return max((_numel(v) for v in value), default=0)
+    return 0
+
+
+def materialize_scalars(graph: torch.fx.GraphModule) -> int:
+    """Rewrite ``graph`` (dynamo's, in place) so that every operation on LARGE tensors reads its
+    SMALL tensor operands through :func:`materialize`, inserted just before it (so it copies
+    the values that operation would have read). Returns the number of operations rewritten."""
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.op not in ("call_function", "call_method"):
+            continue
+        if node.target is torch.ops.critgrad.materialize.default:
+            continue
+        large = max(_numel(node.meta.get("example_value")), _numel_of_args(node.args))
+        if large < LARGE:
+            continue
+        small: list[torch.fx.Node] = []
+        for arg in _flat_nodes((node.args, node.kwargs)):
+            value = arg.meta.get("example_value")
+            if (
+                isinstance(value, torch.Tensor)
+                and value.numel() <= SMALL
+                and arg.op != "placeholder"
+                and arg not in small
+            ):
+                small.append(arg)
+        if not small:
+            continue
+        with graph.graph.inserting_before(node):
+            copies = graph.graph.call_function(torch.ops.critgrad.materialize.default, (small,))
+            copies.meta["example_value"] = [arg.meta["example_value"] for arg in small]
+            items = []
+            for i, arg in enumerate(small):
+                item = graph.graph.call_function(operator.getitem, (copies, i))
+                item.meta["example_value"] = arg.meta["example_value"]
+                items.append(item)
+        for arg, item in zip(small, items):
+            node.replace_input_with(arg, item)
+        rewritten += 1
+    if rewritten:
+        graph.graph.lint()
+        graph.recompile()
+    return rewritten
+
+
+def _flat_nodes(args: Any) -> list[torch.fx.Node]:
+    nodes: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(args, nodes.append)
+    return nodes
+
+
+def _numel_of_args(args: Any) -> int:
+    return max((_numel(a.meta.get("example_value")) for a in _flat_nodes(args)), default=0)
+
+
 def inductor_counting(
     on_compile: Callable[[], None], on_run: Callable[[], None]
 ) -> Callable[..., Any]:
     """A dynamo backend: inductor, calling ``on_compile()`` for every graph it compiles and
-    ``on_run()`` every time a compiled graph runs."""
+    ``on_run()`` every time a compiled graph runs. Small operands of large elementwise work are
+    materialized first (:func:`materialize_scalars`)."""
 
     def backend(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         from torch._inductor.compile_fx import compile_fx
 
         on_compile()
+        materialize_scalars(graph)
         # Rounding to a low-precision store must happen where eager rounds (before the running
         # sum adds the value); inductor would otherwise keep the intermediate in float32.
         # compile_fx is typed to return str, list[str] or Weights too: those are its ahead-of-time

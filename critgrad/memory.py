@@ -198,17 +198,40 @@ def coefficients(aggr: str, filled: Tensor, kappa: float) -> tuple[Tensor, Tenso
 
 
 def directions(
-    grads: list[Tensor], scaled_sums: list[Tensor], b: list[Tensor], s: list[Tensor] | None
+    grads: list[Tensor],
+    scaled_sums: list[Tensor],
+    b: list[Tensor],
+    s: list[Tensor] | None,
+    out: list[Tensor | None] | None = None,
 ) -> list[Tensor]:
     """``s * g + b * T`` for each tensor (``s`` None means 1), in the gradients' dtypes, with T
     the scaled sum and ``b = c * s / scale``: the direction ``(g + c * S) * s``, written so that
-    no intermediate overflows where the direction does not."""
+    no intermediate overflows where the direction does not.
+
+    ``out[i]``, where given, receives the direction (it must have the dtype of both the gradient
+    and the sum): the same operations, into a buffer the caller reuses afterwards.
+    """
+    # Coefficients in the dtype the arithmetic happens in: the same values (a 0-d operand is
+    # converted to it anyway), but a float64 0-d operand sends mul down a slow CPU loop.
+    b = [x.to(t.dtype) for x, t in zip(b, scaled_sums)]
+    if s is not None:
+        s = [x.to(t.dtype) for x, t in zip(s, scaled_sums)]
+    if out is not None and any(o is not None for o in out):
+        results = []
+        for i, (g, t, o) in enumerate(zip(grads, scaled_sums, out)):
+            if o is None:
+                o = torch.empty_like(t)
+            if s is None:
+                results.append(torch.addcmul(g, t, b[i], out=o))
+            else:
+                results.append(torch.mul(t, b[i], out=o).addcmul_(g, s[i]))
+        return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(results, grads)]
     if s is None:
-        out = torch._foreach_addcmul(grads, scaled_sums, b)
+        directions = torch._foreach_addcmul(grads, scaled_sums, b)
     else:
-        out = torch._foreach_mul(scaled_sums, b)
-        torch._foreach_addcmul_(out, grads, s)
-    return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(out, grads)]
+        directions = torch._foreach_mul(scaled_sums, b)
+        torch._foreach_addcmul_(directions, grads, s)
+    return [d if d.dtype == g.dtype else d.to(g.dtype) for d, g in zip(directions, grads)]
 
 
 def memory_only_coefficients(
@@ -251,18 +274,43 @@ def offered_directions(
 
 
 def write_slot_(
-    store: Tensor, scaled_sum: Tensor, grad: Tensor, slot: Tensor, admit: Tensor, scale: float
+    store: Tensor,
+    scaled_sum: Tensor,
+    grad: Tensor,
+    slot: Tensor,
+    admit: Tensor,
+    scale: float,
+    scratch: Tensor | None = None,
 ) -> None:
     """Where ``admit``: ``store[slot] = grad`` and the scaled sum gains the new entry and loses the
     one it replaced (zeros while the memory has room). Otherwise nothing changes: the entry is
-    written back as it was and the sum gains exactly 0. ``slot`` is a ``(1,)`` index and
-    ``admit`` a 0-d bool, both on the store's device."""
-    old = store.index_select(0, slot)
-    new = torch.where(admit, grad.to(store.dtype).unsqueeze(0), old)
-    # Each term scaled before the difference: no intermediate exceeds the stored magnitudes.
-    # (In the sum's dtype: a bfloat16 store's entries are summed in float32.)
-    scaled_sum.add_(torch.mul(new[0].to(scaled_sum.dtype), scale).sub_(old[0], alpha=scale))
-    store.index_copy_(0, slot, new)
+    written back as it was and the sum changes by exactly 0. ``slot`` is a ``(1,)`` index and
+    ``admit`` a 0-d bool, both on the store's device. ``scratch``, if given, is a free
+    ``(2, *shape)`` buffer of the store's dtype (eager only; else one is allocated).
+
+    The sum first loses the scaled old entry, then gains the scaled new one: both terms are
+    scaled before they meet the sum, and the intermediate holds topC - 1 entries, so nothing
+    exceeds the magnitudes the scaled sum stands for. A refused gradient (possibly non-finite)
+    never meets the sum: the value written is the old entry, and its weight is 0.
+    """
+    weight = admit.to(scaled_sum.dtype) * scale
+    if torch.compiler.is_compiling():
+        # Traced: one elementwise loop that inductor fuses with the rest of the step.
+        old = store.index_select(0, slot)
+        new = torch.where(admit, grad.to(store.dtype).unsqueeze(0), old)
+        store.index_put_((slot,), new)
+        scaled_sum.addcmul_(old[0], weight, value=-1).addcmul_(new[0], weight)
+    else:
+        # Eager, torch.where with a 0-d condition and index_copy_ cost several passes each on the
+        # CPU. Here: the old entry is read into row 0 of a scratch pair, leaves the sum, and is
+        # overwritten by the gradient if admitted (else the gradient goes to row 1, unused).
+        pair = store.new_empty((2, *store.shape[1:])) if scratch is None else scratch
+        torch.index_select(store, 0, slot, out=pair[:1])
+        scaled_sum.addcmul_(pair[0], weight, value=-1)
+        refused = (~admit).to(torch.int64).reshape(1)
+        pair.index_put_((refused,), grad.to(store.dtype).unsqueeze(0))
+        scaled_sum.addcmul_(pair[0], weight)
+        store.index_put_((slot,), pair[:1])
 
 
 def resync_(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> None:
@@ -283,7 +331,7 @@ def resync_(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> N
     index = (start + torch.arange(length, device=store.device)) % numel
     chunk = store.reshape(capacity, numel).index_select(1, index)
     exact = (chunk.to(scaled_sum.dtype) * scale).sum(0)
-    scaled_sum.view(-1).index_copy_(0, index, exact)
+    scaled_sum.view(-1).index_put_((index,), exact)
 
 
 def bookkeeping(

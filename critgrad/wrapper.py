@@ -497,12 +497,6 @@ class CriticalGradients(Optimizer):
 
     def _apply(self, plans: list[_Plan]) -> None:
         """Give the base the directions as gradients, run it, give the gradients back, commit."""
-        directions = [
-            plan.directions
-            if plan.directions is not None
-            else M.directions(plan.grads, [m[SCALED_SUM] for m in plan.memories], plan.b, plan.s)
-            for plan in plans
-        ]
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
         # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
@@ -510,6 +504,26 @@ class CriticalGradients(Optimizer):
         in_place = torch.compiler.is_compiling() or any(
             D.is_dtensor(p) for plan in plans for p in plan.params
         )
+        # Eager, each direction is row 0 of a pair that the commit then reuses as its scratch:
+        # one fresh buffer per tensor and step (fresh pages are costly on the CPU), not two.
+        scratch = [
+            [None] * len(plan.grads)
+            if in_place or plan.directions is not None
+            else [_scratch_pair(g, m) for g, m in zip(plan.grads, plan.memories)]
+            for plan in plans
+        ]
+        directions = [
+            plan.directions
+            if plan.directions is not None
+            else M.directions(
+                plan.grads,
+                [m[SCALED_SUM] for m in plan.memories],
+                plan.b,
+                plan.s,
+                [None if pair is None else pair[0] for pair in pairs],
+            )
+            for plan, pairs in zip(plans, scratch)
+        ]
         raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
         try:
             for plan, group_directions in zip(plans, directions):
@@ -526,18 +540,31 @@ class CriticalGradients(Optimizer):
                 else:
                     for p, g in zip(plan.params, plan.grads):
                         p.grad = g
+        del directions
         # The one moment the memory changes: after the base step succeeded.
-        for plan, raw in zip(plans, raws):
-            self._commit(plan, raw)
+        for plan, raw, pairs in zip(plans, raws, scratch):
+            self._commit(plan, raw, pairs)
 
-    def _commit(self, plan: _Plan, grads: list[Tensor]) -> None:
+    def _commit(
+        self, plan: _Plan, grads: list[Tensor], scratch: list[Tensor | None] | None = None
+    ) -> None:
         """Write the admitted gradients, bound the sums' drift, update the bookkeeping."""
         scale = M.sum_scale(plan.group["topC"])
         slots = _spread(plan.slot[:, None], plan.params)
         admits = _spread(plan.admit, plan.params)
         counts = _spread(plan.stats[:, 0], plan.params)
+        if scratch is None:
+            scratch = [None] * len(plan.memories)
         for i, memory in enumerate(plan.memories):
-            M.write_slot_(memory[STORE], memory[SCALED_SUM], grads[i], slots[i], admits[i], scale)
+            M.write_slot_(
+                memory[STORE],
+                memory[SCALED_SUM],
+                grads[i],
+                slots[i],
+                admits[i],
+                scale,
+                scratch[i],
+            )
             M.resync_(memory[STORE], memory[SCALED_SUM], counts[i], scale)
         priority, age, increment = M.bookkeeping(
             plan.keys,
@@ -597,6 +624,14 @@ def _norms(grads: list[Tensor]) -> Tensor:
         ]
     device = grads[0].device
     return torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+
+
+def _scratch_pair(grad: Tensor, memory: Mapping[str, Tensor]) -> Tensor | None:
+    """A ``(2, *shape)`` buffer for a direction (row 0) and then the commit's scratch, where the
+    gradient, the sum and the store share one dtype (else None: each allocates its own)."""
+    if not grad.dtype == memory[SCALED_SUM].dtype == memory[STORE].dtype:
+        return None
+    return memory[STORE].new_empty((2, *grad.shape))
 
 
 def _spread(values: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -11,15 +11,45 @@ critgrad study NAME [--out DIR] [--quick] [--seeds 0,1,2]   (critgrad study --li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2  # unknown names, bad values, missing data
 EXIT_FAILED_RUNS = 1  # the sweep finished but some runs raised
+EXIT_TERMINATED = 128 + signal.SIGTERM  # as a shell reports a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler ending a job) received by the main process.
+
+    A KeyboardInterrupt, so that everything that stops cleanly on Ctrl-C does so on SIGTERM too:
+    the pool's workers are terminated rather than left training as orphans that keep writing
+    records, and the sweep's session is closed as "interrupted".
+    """
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly():
+    """SIGTERM raises :class:`Terminated` in the main thread while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UsageError(ValueError):
@@ -301,9 +331,10 @@ SINGLE_PROCESS_COMMANDS = ("list", "report")
 def main(argv: Sequence[str] | None = None) -> int:
     from critgrad.bench import data_parallel
 
-    if data_parallel.launched_world_size() > 1:
-        return _main_data_parallel(argv)
-    return _main(argv)
+    with _sigterm_stops_cleanly():
+        if data_parallel.launched_world_size() > 1:
+            return _main_data_parallel(argv)
+        return _main(argv)
 
 
 def _main_data_parallel(argv: Sequence[str] | None) -> int:
@@ -394,12 +425,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # the disk, not the input: full, gone, permissions changed mid-run
         print(f"critgrad: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILED_RUNS
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(
-            "critgrad: interrupted; finished runs are kept - the same command resumes",
+            f"critgrad: {how}; finished runs are kept - the same command resumes",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

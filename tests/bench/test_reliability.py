@@ -1249,9 +1249,20 @@ def test_a_sigkill_at_any_moment_loses_nothing_and_the_rerun_completes(
     assert rerun["status"] == "finished"
 
 
+STOPS = [
+    # (id, signal, sent to the whole process group?, exit code, the word the CLI says)
+    ("ctrl-c", "SIGINT", True, 130, "interrupted"),  # the terminal signals the whole group
+    # `kill PID`, a scheduler ending a job: the parent alone; left to the default action it died
+    # at once and its workers went on training as orphans, writing records, the session "running".
+    ("sigterm-parent", "SIGTERM", False, 143, "terminated"),
+    ("sigterm-group", "SIGTERM", True, 143, "terminated"),
+]
+
+
 @pytest.mark.slow  # real processes, each imports torch: 4-20 s each here
-def test_ctrl_c_of_the_process_pool_stops_every_worker_and_the_rerun_completes(
-    capsys, tmp_path, mnist_dir
+@pytest.mark.parametrize("how, name, group, code, word", STOPS, ids=[s[0] for s in STOPS])
+def test_stopping_the_process_pool_stops_every_worker_and_the_rerun_completes(
+    capsys, tmp_path, mnist_dir, how, name, group, code, word
 ):
     import signal
 
@@ -1278,12 +1289,12 @@ def test_ctrl_c_of_the_process_pool_stops_every_worker_and_the_rerun_completes(
         assert child.poll() is None, _stop(child)
         workers = {pid for pid, kind, _ in read_events(events) if kind == "hold"}
         assert child.pid not in workers  # two worker processes, both training
-        os.killpg(child.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        (os.killpg if group else os.kill)(child.pid, getattr(signal, name))
         _, err = child.communicate(timeout=120)
     finally:
         _stop(child)
-    assert child.returncode == 130, err
-    assert "critgrad: interrupted; finished runs are kept - the same command resumes" in err
+    assert child.returncode == code, err
+    assert f"critgrad: {word}; finished runs are kept - the same command resumes" in err
     assert "Traceback" not in err
     from critgrad.bench import claims
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import critgrad.bench.studies.ablation  # noqa: F401  (registers)
 from critgrad.bench.studies import convex, label_noise, surfaces, tuned  # noqa: F401 (register)
 from critgrad.bench.studies.contract import Study, UnknownStudy, registered
 

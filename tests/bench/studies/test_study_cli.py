@@ -13,14 +13,26 @@ from critgrad.bench.cli import main
 def test_list_names_every_study(capsys):
     assert main(["study", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["convex", "label-noise", "surfaces", "tuned"]
+    assert [line.split()[0] for line in lines] == [
+        "ablation",
+        "convex",
+        "label-noise",
+        "surfaces",
+        "tuned",
+    ]
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["study"], "name a study (one of convex, label-noise, surfaces, tuned) or pass --list"),
-        (["study", "nope"], "unknown study 'nope'; known: convex, label-noise, surfaces, tuned"),
+        (
+            ["study"],
+            "name a study (one of ablation, convex, label-noise, surfaces, tuned) or pass --list",
+        ),
+        (
+            ["study", "nope"],
+            "unknown study 'nope'; known: ablation, convex, label-noise, surfaces, tuned",
+        ),
         (["study", "surfaces", "--seeds", "1,x"], "expected comma-separated integers >= 0"),
         (["study", "surfaces", "--seeds", "-1"], "expected comma-separated integers >= 0"),
         (["study", "surfaces", "--seeds", "2,2"], "seeds must be distinct"),

@@ -79,8 +79,10 @@ def test_plan_with_duplicate_units_is_refused(tmp_path):
 
 def test_catalog_lists_the_studies_and_names_unknown_ones():
     names = [s.name for s in catalog.list_studies()]
-    assert names == ["convex", "label-noise", "surfaces", "tuned"]
-    with pytest.raises(UnknownStudy, match="unknown study 'nope'; known: convex, label-noise"):
+    assert names == ["ablation", "convex", "label-noise", "surfaces", "tuned"]
+    with pytest.raises(
+        UnknownStudy, match="unknown study 'nope'; known: ablation, convex, label-noise"
+    ):
         catalog.get_study("nope")
 
 
