@@ -506,7 +506,7 @@ class CriticalGradients(Optimizer):
         )
         # Eager, each direction is row 0 of a pair that the commit then reuses as its scratch:
         # one fresh buffer per tensor and step (fresh pages are costly on the CPU), not two.
-        scratch = [
+        scratch: list[list[Tensor | None]] = [
             [None] * len(plan.grads)
             if in_place or plan.directions is not None
             else [_scratch_pair(g, m) for g, m in zip(plan.grads, plan.memories)]
