@@ -15,7 +15,7 @@ import sys
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch._dynamo
@@ -30,7 +30,9 @@ def own_code(function: Callable[..., Any]) -> Callable[..., Any]:
     if isinstance(function, types.MethodType):
         return types.MethodType(own_code(function.__func__), function.__self__)
     name = f"{function.__code__.co_name}_{next(_copies)}"
-    names = {"co_name": name, "co_qualname": name} if sys.version_info >= (3, 11) else {}
+    names: dict[str, Any] = (
+        {"co_name": name, "co_qualname": name} if sys.version_info >= (3, 11) else {}
+    )
     return types.FunctionType(
         function.__code__.replace(**names) if names else function.__code__.replace(co_name=name),
         function.__globals__,
@@ -136,7 +138,12 @@ def inductor_counting(
         materialize_scalars(graph)
         # Rounding to a low-precision store must happen where eager rounds (before the running
         # sum adds the value); inductor would otherwise keep the intermediate in float32.
-        inner = compile_fx(graph, example_inputs, config_patches={"emulate_precision_casts": True})
+        # compile_fx is typed to return str, list[str] or Weights too: those are its ahead-of-time
+        # outputs, never produced for a graph compiled to run.
+        inner = cast(
+            "Callable[..., Any]",
+            compile_fx(graph, example_inputs, config_patches={"emulate_precision_casts": True}),
+        )
 
         def run(*args: Any) -> Any:
             on_run()

@@ -20,9 +20,10 @@ about what the memory admits.
 from __future__ import annotations
 
 import sys
+import types
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import torch
 from torch import Tensor
@@ -34,10 +35,11 @@ try:
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
     from torch.distributed.tensor.placement_types import _StridedShard
 except ImportError:  # pragma: no cover - torch built without distributed support
-    DTensor = None
+    # (then is_dtensor is False for everything, and nothing else here is reached)
+    DTensor = None  # type: ignore[assignment,misc]
 
 
-def is_dtensor(t: Any) -> bool:
+def is_dtensor(t: Any) -> TypeGuard[DTensor]:
     return DTensor is not None and isinstance(t, DTensor)
 
 
@@ -46,7 +48,7 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def from_shard(shard: Tensor, p: Tensor, leading: int | None = None) -> Tensor:
+def from_shard(shard: Tensor, p: DTensor, leading: int | None = None) -> Tensor:
     """The DTensor laid out like the DTensor ``p`` whose shard on this rank is ``shard``; with
     ``leading``, of shape ``(leading, *p.shape)``, each dimension k + 1 sharded as p's k."""
     shape = p.shape if leading is None else torch.Size((leading, *p.shape))
@@ -124,6 +126,7 @@ def global_norms(norms: Tensor, grads: Sequence[Tensor]) -> Tensor:
     if not dims:
         return norms
     coordinate = mesh.get_coordinate()
+    assert coordinate is not None  # this rank holds shards of these gradients: it is in the mesh
     squares = norms.square()
     for d in dims:
         counted = [_is_shard(g, d) or coordinate[d] == 0 for g in grads]
@@ -153,8 +156,9 @@ def zero_partition() -> ZeroPartition | None:
         from torch.distributed.optim import ZeroRedundancyOptimizer
     except ImportError:  # pragma: no cover
         return None
-    code = ZeroRedundancyOptimizer._init_local_optimizer.__code__
-    frame = sys._getframe(1)
+    # A private method (not in torch's stubs): its code object identifies the constructor's frame.
+    code = ZeroRedundancyOptimizer._init_local_optimizer.__code__  # type: ignore[attr-defined]
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is code:
             zero = frame.f_locals["self"]

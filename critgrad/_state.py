@@ -151,7 +151,7 @@ def checked(
     return saved
 
 
-def restored(saved: Mapping[str, Tensor], p: Tensor, group: Mapping[str, Any]):
+def restored(saved: Mapping[str, Tensor], p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
     """A saved memory on the parameter's device with the dtypes of :func:`memory_dtypes`."""
     dtypes = memory_dtypes(p, group)
     # (A whole store or sum, from a gathered checkpoint, is cut into this rank's part.)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -175,7 +175,9 @@ class Adam_CM(Optimizer):
         decay: float = 0.7,
         kappa: float = 1.0,
         synced: bool | None = None,
-        key: Literal[M.KEY_MODES] | None = None,
+        # The modes' tuple: typing spreads it into Literal's values at run time (what signature
+        # readers see); mypy accepts only values written out.
+        key: Literal[M.KEY_MODES] | None = None,  # type: ignore[valid-type]
         store_dtype: torch.dtype | None = None,
         compile: bool = False,
     ) -> None:
@@ -559,10 +561,17 @@ def _multi_tensor_first_moment(
     weight_decay: float,
     maximize: bool,
 ) -> None:
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, state_steps])
-    for (device_params, device_grads, device_exp_avgs, device_steps), _ in grouped.values():
+    # torch types the lists as holding Optional tensors (it groups lists with holes too); these
+    # have none.
+    lists = cast("list[list[Tensor | None]]", [params, grads, exp_avgs, state_steps])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+    for device_lists, _ in grouped.values():
+        device_params, device_grads, device_exp_avgs, device_steps = cast(
+            "list[list[Tensor]]", device_lists
+        )
         if maximize:
-            device_grads = torch._foreach_neg(device_grads)
+            # (a tuple where the list was: the foreach calls below take either)
+            device_grads = torch._foreach_neg(device_grads)  # type: ignore[assignment]
         torch._foreach_add_(device_steps, 1)
         if weight_decay != 0:
             torch._foreach_mul_(device_params, 1 - lr * weight_decay)
@@ -581,16 +590,18 @@ def _multi_tensor_rest(
     lr: float,
     eps: float,
 ) -> None:
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, aggregates, exp_avg_sqs, max_exp_avg_sqs, state_steps]
+    lists = cast(  # (Optional tensors in torch's types, as above)
+        "list[list[Tensor | None]]", [params, aggregates, exp_avg_sqs, max_exp_avg_sqs, state_steps]
     )
-    for (
-        device_params,
-        device_aggregates,
-        device_exp_avg_sqs,
-        device_max_exp_avg_sqs,
-        device_steps,
-    ), _ in grouped.values():
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+    for device_lists, _ in grouped.values():
+        (
+            device_params,
+            device_aggregates,
+            device_exp_avg_sqs,
+            device_max_exp_avg_sqs,
+            device_steps,
+        ) = cast("list[list[Tensor]]", device_lists)
         torch._foreach_mul_(device_exp_avg_sqs, beta2)
         torch._foreach_addcmul_(device_exp_avg_sqs, device_aggregates, device_aggregates, 1 - beta2)
         bias_correction1 = [1 - beta1 ** _get_value(step) for step in device_steps]

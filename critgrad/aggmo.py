@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -238,8 +238,12 @@ def _multi_tensor_aggmo(
     maximize: bool,
 ) -> None:
     """The same operations in the same order, one foreach call per operation and device/dtype."""
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, buffers])
-    for (device_params, device_grads, device_buffers), _ in grouped.values():
+    # torch types the lists as holding Optional tensors (it groups lists with holes too); these
+    # have none.
+    lists = cast("list[list[Tensor | None]]", [params, grads, buffers])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+    for device_lists, _ in grouped.values():
+        device_params, device_grads, device_buffers = cast("list[list[Tensor]]", device_lists)
         g = torch._foreach_neg(device_grads) if maximize else device_grads
         if weight_decay != 0:
             if maximize:  # g is already a fresh list of tensors

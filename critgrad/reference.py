@@ -79,23 +79,24 @@ class ReferenceCriticalGradients:
         for group in self.optimizer.param_groups:
             if group["kappa"] == 0:
                 continue
-            params = []
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
             for p in group["params"]:  # each parameter once, even if listed twice
                 if p.grad is not None and all(p is not q for q in params):
                     params.append(p)
-            norms = [float(torch.linalg.vector_norm(p.grad.to(_wide(p.grad)))) for p in params]
+                    grads.append(p.grad)
+            norms = [float(torch.linalg.vector_norm(g.to(_wide(g)))) for g in grads]
             if group["key"] == "sum_of_norms":
                 keys = [sum(norms)] * len(params)
             elif group["key"] == "global_norm":
                 keys = [math.sqrt(sum(n * n for n in norms))] * len(params)
             else:
                 keys = norms
-            for position, (p, key) in enumerate(zip(params, keys)):
+            for position, (p, raw, key) in enumerate(zip(params, grads, keys)):
                 # Random draws: one stream per tensor when each has its own key, else one.
                 stream = position if group["key"] == "per_tensor" else 0
                 self.entries.setdefault(p, [])
                 self.ages.setdefault(p, [])
-                raw = p.grad
                 if group.get("include_current", True):
                     stored = [gradient for _, gradient in self.entries[p]]
                     p.grad = reference_direction(raw, stored, group["aggr"], group["kappa"])
@@ -114,7 +115,9 @@ class ReferenceCriticalGradients:
                 entry[0] *= group["decay"]
             self.ages[p] = [age + 1 for age in self.ages[p]]
 
-    def offer(self, p: torch.Tensor, raw: torch.Tensor, key: float, group: dict, stream: int):
+    def offer(
+        self, p: torch.Tensor, raw: torch.Tensor, key: float, group: dict, stream: int
+    ) -> None:
         """The method's step 3 under the group's selection rule."""
         entries, ages = self.entries[p], self.ages[p]
         counter = self.offers.get(p, 0)

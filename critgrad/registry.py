@@ -11,7 +11,7 @@ weight decay).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -88,7 +88,8 @@ def param_groups_weight_decay(
 ) -> list[dict[str, Any]]:
     """Two groups: parameters with weight decay, and biases/normalisation weights without it."""
     skip = set(skip)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -125,7 +126,8 @@ def create_optimizer(
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = create_optimizer(model, "adam_c", lr=1e-3, weight_decay=1e-4, topC=5)
     """
-    cls = optimizer_class(name)
+    # Every registered class takes weight_decay (torch.optim.Optimizer's own __init__ does not).
+    cls: Callable[..., torch.optim.Optimizer] = optimizer_class(name)
     if isinstance(model_or_params, nn.Module):
         if weight_decay and not decay_norm_and_bias:
             params: Any = param_groups_weight_decay(model_or_params, weight_decay)

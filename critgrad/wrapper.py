@@ -13,7 +13,7 @@ import functools
 import inspect
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -207,7 +207,7 @@ class CriticalGradients(Optimizer):
     # ---------------------------------------------------------------- the base's state is ours
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.base.param_groups
 
     @param_groups.setter
@@ -216,7 +216,7 @@ class CriticalGradients(Optimizer):
             self.base.param_groups = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         return self.base.state
 
     @state.setter
@@ -426,10 +426,11 @@ class CriticalGradients(Optimizer):
             drawn = M.random_slots(group[SEED], streams, stats[:, 0], group["topC"])
         admit, slot, filled = M.admission(keys, priority, age, selection, drawn)
         scale = M.sum_scale(group["topC"])
+        s: list[Tensor] | None
         if group["include_current"]:
-            c, s = M.coefficients(group["aggr"], filled, group["kappa"])
-            b = _spread(c * s / scale, params)
-            s = None if group["aggr"] == "sum" else _spread(s, params)
+            c, factor = M.coefficients(group["aggr"], filled, group["kappa"])
+            b = _spread(c * factor / scale, params)
+            s = None if group["aggr"] == "sum" else _spread(factor, params)
             directions = None
         else:  # the memory alone after the offer, read before anything changes
             coefficient, empty = M.memory_only_coefficients(
@@ -472,7 +473,8 @@ class CriticalGradients(Optimizer):
         inside a ZeroRedundancyOptimizer."""
         norms = D.global_norms(norms, grads)
         if self._zero is not None:
-            return D.zero_keys(norms, params, group["key"], self._zero, self._group_index(group))
+            keys = D.zero_keys(norms, params, group["key"], self._zero, self._group_index(group))
+            return cast(Tensor, keys)  # None only when no norms are given
         return M.keys_from_norms(norms, group["key"])
 
     def _group_index(self, group: dict[str, Any]) -> int:
@@ -504,7 +506,7 @@ class CriticalGradients(Optimizer):
         )
         # Eager, each direction is row 0 of a pair that the commit then reuses as its scratch:
         # one fresh buffer per tensor and step (fresh pages are costly on the CPU), not two.
-        scratch = [
+        scratch: list[list[Tensor | None]] = [
             [None] * len(plan.grads)
             if in_place or plan.directions is not None
             else [_scratch_pair(g, m) for g, m in zip(plan.grads, plan.memories)]
@@ -604,7 +606,7 @@ def _unhooked_step(optimizer: Optimizer) -> Callable[[], Any]:
     a traced step in three)."""
     if "step" in optimizer.__dict__:  # patched on the instance: respect it
         return optimizer.step
-    step = type(optimizer).step
+    step: Any = type(optimizer).step  # overloaded in torch's stubs; unwrapped below
     while getattr(step, "__code__", None) in _TORCH_STEP_WRAPPERS:
         step = step.__wrapped__
     return functools.partial(step, optimizer)

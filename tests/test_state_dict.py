@@ -123,11 +123,15 @@ def test_state_dict_does_not_alias_live_state():
 
 def test_refuses_other_topC():
     params = make_params()
-    opt = critgrad.Adam(params, topC=4)
+    # topC 3, unlike the first parameter's leading size (4): the store is (topC, 4, 3), and a
+    # message that read the wrong dimension of it would say 4.
+    opt = critgrad.Adam(params, topC=3)
     set_grads(params, gradient_sequence(params, 1)[0])
     opt.step()
     other = critgrad.Adam(make_params(), topC=5)
-    with pytest.raises(ValueError, match="topC=4"):
+    # The message says what was saved, what this optimizer has, and how to resume.
+    expected = "saved with topC=3, this optimizer has topC=5; construct it with topC=3 to resume"
+    with pytest.raises(ValueError, match=expected):
         other.load_state_dict(roundtrip(opt.state_dict()))
 
 
@@ -141,7 +145,9 @@ def test_refuses_other_parameters():
         torch.nn.Parameter(torch.zeros(4)),
         torch.nn.Parameter(torch.zeros(2, 2, 3)),
     ]
-    with pytest.raises(ValueError, match="other parameters"):
+    # The message names the first parameter that differs and both shapes.
+    expected = r"parameter 0 holds gradients of shape \(4, 3\), the parameter has shape \(3, 4\)"
+    with pytest.raises(ValueError, match=expected + ": the state was saved for other parameters"):
         critgrad.Adam(shapes, topC=4).load_state_dict(roundtrip(opt.state_dict()))
     with pytest.raises(ValueError):
         critgrad.Adam(shapes[:2], topC=4).load_state_dict(roundtrip(opt.state_dict()))

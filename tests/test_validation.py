@@ -17,8 +17,10 @@ INVALID = [
     (dict(decay=-0.1), "decay", ["[0, 1]"]),
     (dict(decay=1.5), "decay", ["[0, 1]"]),
     (dict(decay=float("nan")), "decay", ["[0, 1]"]),
+    (dict(decay=True), "decay", ["[0, 1]"]),  # a bool is not a number here
     (dict(kappa=-1.0), "kappa", [">= 0"]),
     (dict(kappa=float("inf")), "kappa", [">= 0"]),
+    (dict(kappa=True), "kappa", [">= 0"]),
     (dict(aggr="avg"), "aggr", ["sum", "mid", "mean"]),
     (dict(key="l2"), "key", ["sum_of_norms", "per_tensor", "global_norm"]),
     (dict(store_dtype=torch.int8), "store_dtype", ["floating"]),
