@@ -5,8 +5,9 @@ statistics read from them (the only reads of the device; never in ``step()``).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -149,6 +150,45 @@ def checked(
             "first step"
         )
     return saved
+
+
+def load_with_memory(
+    optimizer: Any,
+    state_dict: Mapping[str, Any],
+    load_rest: Callable[[dict[str, Any]], None],
+    options: Iterable[str],
+) -> None:
+    """Load ``state_dict`` into a memory optimizer: its memory entries (``critical_*``) are checked
+    and restored here, the rest is loaded by ``load_rest`` (the base's ``load_state_dict``).
+
+    A state saved by the plain optimizer has no memory options in its groups: the current values
+    of ``options`` are kept. Groups are matched by position and parameters by order, as torch does.
+    """
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer "
+            f"has {len(optimizer.param_groups)}"
+        )
+    ids = itertools.chain.from_iterable(g["params"] for g in saved_groups)
+    param_of = dict(zip(ids, (p for g in optimizer.param_groups for p in g["params"])))
+    topC_of = {p: g["topC"] for g in optimizer.param_groups for p in g["params"]}
+    store_dtype_of = {i: g.get("store_dtype") for g in saved_groups for i in g["params"]}
+    memory, rest = {}, {}
+    for index, entry in state_dict["state"].items():
+        saved = {k: v for k, v in entry.items() if k.startswith("critical_")}
+        rest[index] = {k: v for k, v in entry.items() if not k.startswith("critical_")}
+        if saved and index in param_of:  # (else the base refuses the state below)
+            p = param_of[index]
+            memory[p] = checked(saved, p, topC_of[p], store_dtype_of[index], index)
+    old_groups = optimizer.param_groups
+    load_rest({**state_dict, "state": {i: e for i, e in rest.items() if e}})
+    for group, old in zip(optimizer.param_groups, old_groups):
+        for name in options:
+            group.setdefault(name, old[name])
+        for p in group["params"]:
+            if p in memory:
+                optimizer.state[p].update(restored(memory[p], p, group))
 
 
 def restored(saved: Mapping[str, Tensor], p: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
@@ -308,32 +307,7 @@ class CriticalGradients(Optimizer):
         The memory is restored on each parameter's device with the dtypes it was created with.
         A state saved with another ``topC``, or for parameters of other shapes, is refused.
         """
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer "
-                f"has {len(self.param_groups)}"
-            )
-        ids = itertools.chain.from_iterable(g["params"] for g in saved_groups)
-        param_of = dict(zip(ids, (p for g in self.param_groups for p in g["params"])))
-        topC_of = {p: g["topC"] for g in self.param_groups for p in g["params"]}
-        store_dtype_of = {i: g.get("store_dtype") for g in saved_groups for i in g["params"]}
-        memory, rest = {}, {}
-        for index, entry in state_dict["state"].items():
-            saved = {k: v for k, v in entry.items() if k.startswith("critical_")}
-            rest[index] = {k: v for k, v in entry.items() if not k.startswith("critical_")}
-            if saved and index in param_of:  # (else the base refuses the state below)
-                p = param_of[index]
-                memory[p] = S.checked(saved, p, topC_of[p], store_dtype_of[index], index)
-        old_groups = self.param_groups
-        self.base.load_state_dict({**state_dict, "state": {i: e for i, e in rest.items() if e}})
-        for group, old in zip(self.param_groups, old_groups):
-            # A state saved by the plain optimizer has no memory options: keep the current ones.
-            for name in MEMORY_OPTIONS:
-                group.setdefault(name, old[name])
-            for p in group["params"]:
-                if p in memory:
-                    self.state[p].update(S.restored(memory[p], p, group))
+        S.load_with_memory(self, state_dict, self.base.load_state_dict, MEMORY_OPTIONS)
 
     # ---------------------------------------------------------------- statistics
 
