@@ -206,3 +206,12 @@ def test_units_of_another_plan_in_the_folder_are_ignored(tmp_path):
     outcome = run_study(toy_study(log), Options(seeds=(0,)), out, progress=False, log=quiet)
     assert outcome.ran == 0
     assert load(out / "summary.json")["summary"]["units"] == ["a0", "a1", "a2", "a3", "a4"]
+
+
+@pytest.mark.parametrize("name", [s.name for s in catalog.list_studies()])
+def test_every_registered_study_runs_its_quick_size(quick_runs, name):
+    # A study added to the catalog is run here even before it has tests of its own.
+    out, outcome = quick_runs[name]
+    assert (out / "summary.json").is_file() and (out / "table.md").read_text().strip()
+    assert json.loads((out / "summary.json").read_text())
+    assert outcome.summary.table.strip() and list(out.glob("*.png"))
