@@ -22,6 +22,26 @@ def shuffled_batches(
         yield x[index], y[index]
 
 
+def loss_and_accuracy(
+    model: nn.Module, batches: Iterable[tuple[tuple[torch.Tensor, ...], torch.Tensor]], count: int
+) -> dict[str, float]:
+    """Mean cross-entropy ("loss") and accuracy ("metric") of ``model`` over ``batches`` of
+    (inputs, labels) holding ``count`` examples, in inference mode (batch norm and dropout),
+    whatever mode the caller left the model in."""
+    total_loss, correct = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs, target in batches:
+                logits = model(*inputs)
+                total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+                correct += int((logits.argmax(dim=1) == target).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": total_loss / count, "metric": correct / count}
+
+
 def classification_task(
     data: dict[str, tuple[torch.Tensor, torch.Tensor]],
     model: nn.Module,
@@ -41,19 +61,11 @@ def classification_task(
 
     def evaluate(model: nn.Module, split: str) -> dict[str, float]:
         x, y = data[split]
-        total_loss, correct = 0.0, 0
-        was_training = model.training
-        model.eval()  # batch norm and dropout in inference mode, whatever the caller left
-        try:
-            with torch.no_grad():
-                for start in range(0, len(x), eval_batch_size):
-                    logits = model(x[start : start + eval_batch_size])
-                    target = y[start : start + eval_batch_size]
-                    total_loss += F.cross_entropy(logits, target, reduction="sum").item()
-                    correct += int((logits.argmax(dim=1) == target).sum())
-        finally:
-            model.train(was_training)
-        return {"loss": total_loss / len(x), "metric": correct / len(x)}
+        batches = (
+            ((x[start : start + eval_batch_size],), y[start : start + eval_batch_size])
+            for start in range(0, len(x), eval_batch_size)
+        )
+        return loss_and_accuracy(model, batches, len(x))
 
     return Task(
         model=model,

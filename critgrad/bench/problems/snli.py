@@ -32,6 +32,7 @@ from critgrad.bench.contract import ProblemSpec, Task, integer, number
 from critgrad.bench.datasets import snli as snli_data
 from critgrad.bench.datasets.snli import SnliSplit
 from critgrad.bench.problems import register
+from critgrad.bench.problems.classification import loss_and_accuracy
 
 SPLIT_SEED = 20220425  # fixed: the subsets must not change with the run's seed
 FULL = {
@@ -194,21 +195,15 @@ def nli_task(data: snli_data.SnliData, encoder: str, settings: dict[str, Any]) -
 
     def evaluate(model: nn.Module, split: str) -> dict[str, float]:
         data_split, size = splits[split], settings["eval_batch_size"]
-        total_loss, correct = 0.0, 0
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(data_split), size):
-                    *inputs, labels = _collate(
-                        data_split, list(range(start, min(start + size, len(data_split))))
-                    )
-                    logits = model(*inputs)
-                    total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-                    correct += int((logits.argmax(dim=1) == labels).sum())
-        finally:
-            model.train(was_training)
-        return {"loss": total_loss / len(data_split), "metric": correct / len(data_split)}
+
+        def batches():
+            for start in range(0, len(data_split), size):
+                *inputs, labels = _collate(
+                    data_split, list(range(start, min(start + size, len(data_split))))
+                )
+                yield tuple(inputs), labels
+
+        return loss_and_accuracy(model, batches(), len(data_split))
 
     return Task(
         model=model,
