@@ -75,6 +75,13 @@ OPTIMIZERS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "adam": _pair("adam", lr=1e-3),
     "adamw": _pair("adamw", lr=1e-3),
     "rmsprop": _pair("rmsprop", lr=1e-3),
+    # Adam with critical momenta, against Adam: its twin has no `fused` (the row says so), and
+    # its "vs fastest torch" is still against torch's fastest Adam.
+    "adam_cm": (
+        critgrad.optimizer_class("adam"),
+        critgrad.optimizer_class("adam_cm"),
+        {"lr": 1e-3},
+    ),
 }
 
 # implementation name -> keyword arguments of the torch optimizer (critgrad passes them through)
@@ -152,6 +159,10 @@ def critgrad_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, Any
     if args.compile:
         variants.append(("compiled", {"compile": True}))
     return variants
+
+
+def _why(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def tensor_bytes(tensors: Any) -> int:
@@ -374,46 +385,41 @@ def bench_step(args: argparse.Namespace, optimizers: Sequence[str], log) -> dict
                 )
                 continue
             options = {**kwargs, **IMPLS[impl]}
+            try:
+                twin = Contender(
+                    {"optimizer": name, "impl": impl, "topC": None, "variant": None},
+                    lambda ps, c=torch_class, o=options: c(ps, **o),
+                    init,
+                    grads,
+                    ratios,
+                )
+                twin.opt.step()
+            except Exception as error:  # e.g. an implementation this device lacks
+                skipped.append({"optimizer": name, "impl": impl, "why": _why(error)})
+                continue
+            # The torch twin is timed even where critgrad refuses the implementation: it may be
+            # the fastest torch, which every "vs fastest" ratio of this optimizer divides by.
+            contenders.append(twin)
             for variant, extra in critgrad_variants(args):
                 try:
-                    impl_contenders = (
-                        []
-                        if variant != "eager"
-                        else [
-                            Contender(
-                                {"optimizer": name, "impl": impl, "topC": None, "variant": None},
-                                lambda ps, c=torch_class, o=options: c(ps, **o),
-                                init,
-                                grads,
-                                ratios,
-                            )
-                        ]
-                    )
-                    for topC in args.topc:
-                        impl_contenders.append(
-                            Contender(
-                                {"optimizer": name, "impl": impl, "topC": topC, "variant": variant},
-                                lambda ps, c=critgrad_class, o={**options, **extra}, k=topC: c(
-                                    ps, topC=k, **o
-                                ),
-                                init,
-                                grads,
-                                ratios,
-                            )
+                    impl_contenders = [
+                        Contender(
+                            {"optimizer": name, "impl": impl, "topC": topC, "variant": variant},
+                            lambda ps, c=critgrad_class, o={**options, **extra}, k=topC: c(
+                                ps, topC=k, **o
+                            ),
+                            init,
+                            grads,
+                            ratios,
                         )
+                        for topC in args.topc
+                    ]
                     for contender in impl_contenders:  # also catches step-time refusals
                         contender.opt.step()
                 except Exception as error:
                     skipped.append(
-                        {
-                            "optimizer": name,
-                            "impl": impl,
-                            "variant": variant,
-                            "why": f"{type(error).__name__}: {error}",
-                        }
+                        {"optimizer": name, "impl": impl, "variant": variant, "why": _why(error)}
                     )
-                    if variant == "eager":
-                        break  # no torch twin for this implementation
                     continue
                 contenders += impl_contenders
         if not contenders:

@@ -57,7 +57,7 @@ from torch.optim.optimizer import (
 
 from . import _state as S
 from . import memory as M
-from ._compile import CompiledStep
+from ._compile import CompiledStep, Resync, resync_or_defer_, run_deferred
 from ._state import AGE, PRIORITY, SCALED_SUM, STATS, STORE
 from .options import check_memory_options, key_from_synced
 from .wrapper import _norms, _spread
@@ -263,11 +263,12 @@ class Adam_CM(Optimizer):
         if self.compile and not self._creates_state():
             if self._compiled is None:
                 self._compiled = CompiledStep(self._step_groups)
-            self._compiled()
+            deferred = self._compiled()
             self.last_step_implementation = "compiled" if self._compiled.ran_compiled else "eager"
         else:
-            self._step_groups()
+            deferred = self._step_groups()
             self.last_step_implementation = "eager"
+        run_deferred(deferred)
         return loss
 
     # ---------------------------------------------------------------- the step
@@ -283,12 +284,16 @@ class Adam_CM(Optimizer):
                     return True
         return False
 
-    def _step_groups(self) -> None:
+    def _step_groups(self) -> list[Resync]:
+        """Step every group; returns the resyncs of large running sums that ``compile=True``
+        runs after its compiled code (:func:`critgrad._compile.resync_or_defer_`)."""
+        deferred: list[Resync] = []
         for group in self.param_groups:
             check_options(group)
             gathered = self._gather(group)
             if gathered is not None:
-                self._step_group(group, *gathered)
+                self._step_group(group, *gathered, deferred=deferred if self.compile else None)
+        return deferred
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], ...] | None:
         """The group's parameters with a gradient and their state, created where missing."""
@@ -341,6 +346,8 @@ class Adam_CM(Optimizer):
         exp_avg_sqs: list[Tensor],
         max_exp_avg_sqs: list[Tensor],
         steps: list[Tensor],
+        *,
+        deferred: list[Resync] | None = None,
     ) -> None:
         beta1, beta2 = group["betas"]
         foreach = _foreach(group["foreach"], params)
@@ -400,7 +407,7 @@ class Adam_CM(Optimizer):
             M.write_slot_(
                 memory[STORE], memory[SCALED_SUM], exp_avgs[i], slots[i], admits[i], scale
             )
-            M.resync_(memory[STORE], memory[SCALED_SUM], counts[i], scale)
+            resync_or_defer_(memory[STORE], memory[SCALED_SUM], counts[i], scale, deferred)
         priority, age, increment = M.bookkeeping(
             keys, priority, age, admit, slot, filled, group["decay"]
         )

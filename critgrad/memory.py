@@ -328,10 +328,14 @@ def resync_(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> N
     period = RESYNC_PER_SLOT * capacity
     length = -(-numel // period)
     start = (count % period) * length
-    index = (start + torch.arange(length, device=store.device)) % numel
-    chunk = store.reshape(capacity, numel).index_select(1, index)
-    exact = (chunk.to(scaled_sum.dtype) * scale).sum(0)
-    scaled_sum.view(-1).index_put_((index,), exact)
+    index = torch.arange(length, device=store.device).add_(start)
+    if numel >= period:  # the last chunk wraps around once: cheaper than an int64 remainder
+        index = torch.where(index >= numel, index - numel, index)
+    else:
+        index = index % numel
+    chunk = store.reshape(capacity, numel).index_select(1, index).to(scaled_sum.dtype)
+    exact = chunk.mul_(scale).sum(0)  # (chunk is a fresh copy: scaled in place)
+    scaled_sum.view(-1).index_copy_(0, index, exact)
 
 
 def bookkeeping(

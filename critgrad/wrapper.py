@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from . import _distributed as D
 from . import _state as S
 from . import memory as M
-from ._compile import CompiledStep
+from ._compile import CompiledStep, Resync, resync_or_defer_, run_deferred
 from ._state import AGE, MEMORY_STATE_KEYS, PRIORITY, SCALED_SUM, STATS, STORE, memory_dtypes
 from .options import (
     MEMORY_OPTIONS,
@@ -283,11 +283,12 @@ class CriticalGradients(Optimizer):
         if self.compile and not self._creates_memories():
             if self._compiled is None:
                 self._compiled = CompiledStep(self._memory_step)
-            created = self._compiled()
+            created, deferred = self._compiled()
             self.last_step_implementation = "compiled" if self._compiled.ran_compiled else "eager"
         else:
-            created = self._memory_step()
+            created, deferred = self._memory_step()
             self.last_step_implementation = "eager"
+        run_deferred(deferred)
         if created:  # first offers: only then is the state's structure changed
             S.insert(self.state, created)
         return loss
@@ -334,21 +335,24 @@ class CriticalGradients(Optimizer):
 
     # ---------------------------------------------------------------- the memory
 
-    def _memory_step(self) -> list[tuple[Tensor, dict[str, Tensor]]]:
+    def _memory_step(self) -> tuple[list[tuple[Tensor, dict[str, Tensor]]], list[Resync]]:
         """Plan every group, then apply the plans: the step that ``compile=True`` compiles.
-        Returns the memories created for parameters offered a gradient for the first time."""
+        Returns the memories created for parameters offered a gradient for the first time, and
+        the resyncs of large running sums that ``compile=True`` runs after its compiled code."""
         plans = []
         for group in self.param_groups:
             plan = self._plan(group)
             if plan is not None:
                 plans.append(plan)
-        self._apply(plans)
-        return [
+        deferred: list[Resync] | None = [] if self.compile else None
+        self._apply(plans, deferred)
+        created = [
             (p, memory)
             for plan in plans
             for p, memory, new in zip(plan.params, plan.memories, plan.new)
             if new
         ]
+        return created, deferred or []
 
     def _creates_memories(self) -> bool:
         """Whether this step offers some parameter its first gradient."""
@@ -469,7 +473,7 @@ class CriticalGradients(Optimizer):
             return S.working(state)
         return S.new_memory(p, group)
 
-    def _apply(self, plans: list[_Plan]) -> None:
+    def _apply(self, plans: list[_Plan], deferred: list[Resync] | None = None) -> None:
         """Give the base the directions as gradients, run it, give the gradients back, commit."""
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
@@ -517,10 +521,14 @@ class CriticalGradients(Optimizer):
         del directions
         # The one moment the memory changes: after the base step succeeded.
         for plan, raw, pairs in zip(plans, raws, scratch):
-            self._commit(plan, raw, pairs)
+            self._commit(plan, raw, pairs, deferred)
 
     def _commit(
-        self, plan: _Plan, grads: list[Tensor], scratch: list[Tensor | None] | None = None
+        self,
+        plan: _Plan,
+        grads: list[Tensor],
+        scratch: list[Tensor | None] | None = None,
+        deferred: list[Resync] | None = None,
     ) -> None:
         """Write the admitted gradients, bound the sums' drift, update the bookkeeping."""
         scale = M.sum_scale(plan.group["topC"])
@@ -539,7 +547,7 @@ class CriticalGradients(Optimizer):
                 scale,
                 scratch[i],
             )
-            M.resync_(memory[STORE], memory[SCALED_SUM], counts[i], scale)
+            resync_or_defer_(memory[STORE], memory[SCALED_SUM], counts[i], scale, deferred)
         priority, age, increment = M.bookkeeping(
             plan.keys,
             plan.priority,
