@@ -1123,12 +1123,21 @@ def test_wall_time_is_the_time_any_session_worked(sessions_, expected):
 TINY_ARGS = [f"--override={k}={v}" for k, v in TINY_OVERRIDES.items() if k != "epochs"]
 
 
+# `python -m critgrad.bench.cli ARGV`, started as a terminal starts a command: with Ctrl-C's
+# default action. A shell ignores SIGINT in the commands it runs in the background, and an
+# ignored SIGINT is inherited (the CLI rightly leaves it so); the suite itself may run that way.
+_CLI = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('critgrad.bench.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 def _child(argv, env):
     import subprocess
     import sys
 
     return subprocess.Popen(
-        [sys.executable, "-m", "critgrad.bench.cli", *map(str, argv)],
+        [sys.executable, "-c", _CLI, *map(str, argv)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
