@@ -20,6 +20,8 @@ from typing import Any, cast
 import torch
 import torch._dynamo
 
+from .memory import resync_
+
 _copies = itertools.count()
 
 
@@ -83,8 +85,6 @@ def resync_or_defer_(
     took 8.3 copy-passes with the resync in its graph, 4.9 without, and the resync run eagerly
     0.8). The values are the same: the resync reads the store after the slot write either way,
     and nothing else in the step reads the sum after it."""
-    from .memory import resync_
-
     if deferred is not None and scaled_sum.numel() >= LARGE:
         deferred.append((store, scaled_sum, count, scale))
     else:
@@ -93,8 +93,6 @@ def resync_or_defer_(
 
 def run_deferred(deferred: list[Resync]) -> None:
     """The resyncs :func:`resync_or_defer_` put off, eagerly."""
-    from .memory import resync_
-
     for store, scaled_sum, count, scale in deferred:
         resync_(store, scaled_sum, count, scale)
 
