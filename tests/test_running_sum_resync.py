@@ -25,6 +25,7 @@ def adam_cm(p, compile):
 
 # (optimizer, elements, compile): a small sum resyncs inside the compiled graph, a large one after.
 CASES = [
+    pytest.param(sgd_c, 5, False, id="SGD_C-fewer-elements-than-the-period-eager"),
     pytest.param(sgd_c, 1000, False, id="SGD_C-small-eager"),
     pytest.param(sgd_c, 1000, True, id="SGD_C-small-compiled"),
     pytest.param(sgd_c, LARGE, True, id="SGD_C-large-compiled"),
