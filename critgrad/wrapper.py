@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _distributed as D
+from . import _native as N
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep, Resync, resync_or_defer_, run_deferred
@@ -43,16 +44,9 @@ __all__ = [
 ]
 
 
-class _Plan(NamedTuple):
-    """One group's step, decided before anything changes: the memories offered a gradient, their
-    keys, the admission (which slot, admitted or not), and the aggregation coefficients."""
+class _Decision(NamedTuple):
+    """The admission and the aggregation coefficients of a group's step, as torch tensors."""
 
-    group: dict[str, Any]
-    params: list[Tensor]  # each once, with a gradient
-    grads: list[Tensor]  # this rank's shards of DTensor gradients
-    memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
-    new: list[bool]  # the memory enters the state when the plan is committed
-    keys: Tensor  # (n,) float64
     priority: Tensor  # (n, topC)
     age: Tensor  # (n, topC)
     stats: Tensor  # (n, len(STAT_FIELDS))
@@ -63,6 +57,20 @@ class _Plan(NamedTuple):
     s: list[Tensor] | None  # per tensor, 0-d: None means 1
     # include_current=False: the directions themselves (b and s then go unused), else None
     directions: list[Tensor] | None = None
+
+
+class _Plan(NamedTuple):
+    """One group's step, decided before anything changes: the memories offered a gradient, their
+    keys, and the decision (which slot, admitted or not, the aggregation coefficients), taken by
+    torch operations or, for float32 tensors on the CPU, by the native kernels."""
+
+    group: dict[str, Any]
+    params: list[Tensor]  # each once, with a gradient
+    grads: list[Tensor]  # this rank's shards of DTensor gradients
+    memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
+    new: list[bool]  # the memory enters the state when the plan is committed
+    keys: Tensor  # (n,) float64
+    decision: _Decision | N.Plan
 
 
 class CriticalGradients(Optimizer):
@@ -390,6 +398,20 @@ class CriticalGradients(Optimizer):
         # DTensor gradients: the plan works on this rank's shards, the keys on whole tensors.
         shards = [D.local(g) for g in grads]
         keys = self._keys(_norms(shards), grads, params, group)
+        scale = M.sum_scale(group["topC"])
+        found = N.takes(shards, memories) if group["include_current"] else None
+        if found is not None:
+            decided = N.plan(
+                keys,
+                found,
+                selection=group["selection"],
+                seed=group.get(SEED),
+                per_tensor=group["key"] == "per_tensor",
+                aggr=group["aggr"],
+                kappa=group["kappa"],
+                scale=scale,
+            )
+            return _Plan(group, params, shards, memories, new, keys, decided)
         device = keys.device
         priority, age, stats = (
             torch.stack([m[name].to(device) for m in memories]) for name in (PRIORITY, AGE, STATS)
@@ -403,7 +425,6 @@ class CriticalGradients(Optimizer):
                 streams = torch.zeros_like(streams)
             drawn = M.random_slots(group[SEED], streams, stats[:, 0], group["topC"])
         admit, slot, filled = M.admission(keys, priority, age, selection, drawn)
-        scale = M.sum_scale(group["topC"])
         s: list[Tensor] | None
         if group["include_current"]:
             c, factor = M.coefficients(group["aggr"], filled, group["kappa"])
@@ -425,23 +446,8 @@ class CriticalGradients(Optimizer):
                 _spread(empty, params),
                 scale,
             )
-        return _Plan(
-            group,
-            params,
-            shards,
-            memories,
-            new,
-            keys,
-            priority,
-            age,
-            stats,
-            admit,
-            slot,
-            filled,
-            b,
-            s,
-            directions,
-        )
+        decision = _Decision(priority, age, stats, admit, slot, filled, b, s, directions)
+        return _Plan(group, params, shards, memories, new, keys, decision)
 
     def _keys(
         self, norms: Tensor, grads: list[Tensor], params: list[Tensor], group: dict[str, Any]
@@ -485,23 +491,14 @@ class CriticalGradients(Optimizer):
         # Eager, each direction is row 0 of a pair that the commit then reuses as its scratch:
         # one fresh buffer per tensor and step (fresh pages are costly on the CPU), not two.
         scratch: list[list[Tensor | None]] = [
-            [None] * len(plan.grads)
-            if in_place or plan.directions is not None
-            else [_scratch_pair(g, m) for g, m in zip(plan.grads, plan.memories)]
+            [_scratch_pair(g, m) for g, m in zip(plan.grads, plan.memories)]
+            if isinstance(plan.decision, _Decision)
+            and not in_place
+            and plan.decision.directions is None
+            else [None] * len(plan.grads)
             for plan in plans
         ]
-        directions = [
-            plan.directions
-            if plan.directions is not None
-            else M.directions(
-                plan.grads,
-                [m[SCALED_SUM] for m in plan.memories],
-                plan.b,
-                plan.s,
-                [None if pair is None else pair[0] for pair in pairs],
-            )
-            for plan, pairs in zip(plans, scratch)
-        ]
+        directions = [_directions(plan, pairs) for plan, pairs in zip(plans, scratch)]
         raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
         try:
             for plan, group_directions in zip(plans, directions):
@@ -532,12 +529,16 @@ class CriticalGradients(Optimizer):
     ) -> None:
         """Write the admitted gradients, bound the sums' drift, update the bookkeeping."""
         scale = M.sum_scale(plan.group["topC"])
-        slots = _spread(plan.slot[:, None], plan.params)
-        admits = _spread(plan.admit, plan.params)
-        counts = _spread(plan.stats[:, 0], plan.params)
+        memories, decision = plan.memories, plan.decision
+        if isinstance(decision, N.Plan):
+            N.finish(grads, plan.keys, decision, scale, plan.group["decay"])
+            return
+        slots = _spread(decision.slot[:, None], plan.params)
+        admits = _spread(decision.admit, plan.params)
+        counts = _spread(decision.stats[:, 0], plan.params)
         if scratch is None:
-            scratch = [None] * len(plan.memories)
-        for i, memory in enumerate(plan.memories):
+            scratch = [None] * len(memories)
+        for i, memory in enumerate(memories):
             M.write_slot_(
                 memory[STORE],
                 memory[SCALED_SUM],
@@ -550,20 +551,33 @@ class CriticalGradients(Optimizer):
             resync_or_defer_(memory[STORE], memory[SCALED_SUM], counts[i], scale, deferred)
         priority, age, increment = M.bookkeeping(
             plan.keys,
-            plan.priority,
-            plan.age,
-            plan.admit,
-            plan.slot,
-            plan.filled,
+            decision.priority,
+            decision.age,
+            decision.admit,
+            decision.slot,
+            decision.filled,
             plan.group["decay"],
         )
         for name, values in (
             (PRIORITY, priority),
             (AGE, age),
-            (STATS, plan.stats + increment),
-            (S.KEY, plan.keys[:, None].to(plan.memories[0][S.KEY].dtype)),
+            (STATS, decision.stats + increment),
+            (S.KEY, plan.keys[:, None].to(memories[0][S.KEY].dtype)),
         ):
-            torch._foreach_copy_([m[name] for m in plan.memories], list(values.unbind(0)))
+            torch._foreach_copy_([m[name] for m in memories], list(values.unbind(0)))
+
+
+def _directions(plan: _Plan, pairs: list[Tensor | None]) -> list[Tensor]:
+    """The plan's directions: computed before (memory alone), by the native kernel, or by torch
+    operations into row 0 of each scratch pair where there is one."""
+    sums = [m[SCALED_SUM] for m in plan.memories]
+    decision = plan.decision
+    if isinstance(decision, N.Plan):
+        return N.directions(plan.grads, decision)
+    if decision.directions is not None:
+        return decision.directions
+    out = [None if pair is None else pair[0] for pair in pairs]
+    return M.directions(plan.grads, sums, decision.b, decision.s, out)
 
 
 def _torch_step_wrappers() -> set[Any]:
@@ -605,6 +619,8 @@ def _norms(grads: list[Tensor]) -> Tensor:
             for g, is_low in zip(grads, low)
         ]
     device = grads[0].device
+    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
+        return torch.stack(norms).to(torch.float64)  # two operations, whatever n is
     return torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
 
 

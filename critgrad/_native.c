@@ -1,0 +1,322 @@
+/* The memory's elementwise work on the CPU, for float32 gradients, sums and stores: each of the
+ * two calls below is one pass over the tensors of a parameter group, where the same work as torch
+ * operations takes several (torch.where, index_select, index_put_ and addcmul_ are separate
+ * passes, and each direction a fresh buffer).
+ *
+ * The arithmetic is torch's, operation for operation, each product and sum rounded to float32 on
+ * its own (the build passes -ffp-contract=off: no fused multiply-add), so the directions and the
+ * slot writes equal the torch path's bit for bit. Only the resync's sum over the C stored rows
+ * has an order of its own (rows 0, 1, ..., C-1), where torch's reduction order is its own.
+ *
+ * Built and loaded by critgrad/_native.py (plain C, no torch or Python headers: it takes data
+ * pointers, so one build serves every torch version).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+/* Parallel work is split in spans of the group's elements taken as one concatenated range. */
+#define MIN_PER_THREAD (1 << 16)
+#define MAX_THREADS 64
+
+/* The loops, written once and compiled once per instruction set below (always inlined into a
+ * function of each target): fmaf is one instruction where the CPU has FMA, and the same value,
+ * computed in software, where it has not, so every variant gives the same bits. */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE void direction_body(const float *restrict g, const float *restrict t, float *restrict d,
+                           int64_t n, float b) {
+    /* torch.addcmul(g, t, b): g + t * b, one rounding */
+    for (int64_t j = 0; j < n; j++) d[j] = fmaf(t[j], b, g[j]);
+}
+
+INLINE void direction_scaled_body(const float *restrict g, const float *restrict t,
+                                  float *restrict d, int64_t n, float b, float s) {
+    /* torch.mul(t, b).addcmul_(g, s): (t * b) + g * s, the last two with one rounding */
+    for (int64_t j = 0; j < n; j++) d[j] = fmaf(g[j], s, t[j] * b);
+}
+
+INLINE void write_body(float *restrict row, float *restrict t, const float *restrict g, int64_t n,
+                       float scale) {
+    /* The admitted gradient replaces the entry; the scaled sum loses the old entry, then gains
+     * the new one (torch: t.addcmul_(old, scale, value=-1).addcmul_(g, scale); the products by
+     * a power of two are exact). */
+    for (int64_t j = 0; j < n; j++) {
+        float old = row[j];
+        float gj = g[j];
+        t[j] = (t[j] - old * scale) + gj * scale;
+        row[j] = gj;
+    }
+}
+
+INLINE void resync_body(const float *restrict store, float *restrict t, int64_t numel,
+                        int64_t capacity, int64_t start, int64_t n, float scale) {
+    /* t[start:start+n] = sum over rows r = 0..C-1 of store[r, start:start+n] * scale */
+    for (int64_t j = 0; j < n; j++) t[start + j] = store[start + j] * scale;
+    for (int64_t r = 1; r < capacity; r++) {
+        const float *row = store + r * numel + start;
+        for (int64_t j = 0; j < n; j++) t[start + j] += row[j] * scale;
+    }
+}
+
+typedef struct {
+    void (*direction)(const float *, const float *, float *, int64_t, float);
+    void (*direction_scaled)(const float *, const float *, float *, int64_t, float, float);
+    void (*write)(float *, float *, const float *, int64_t, float);
+    void (*resync)(const float *, float *, int64_t, int64_t, int64_t, int64_t, float);
+} Kernels;
+
+#define KERNELS(NAME, TARGET)                                                                  \
+    TARGET static void direction_##NAME(const float *g, const float *t, float *d, int64_t n,   \
+                                        float b) {                                             \
+        direction_body(g, t, d, n, b);                                                         \
+    }                                                                                          \
+    TARGET static void direction_scaled_##NAME(const float *g, const float *t, float *d,       \
+                                               int64_t n, float b, float s) {                  \
+        direction_scaled_body(g, t, d, n, b, s);                                               \
+    }                                                                                          \
+    TARGET static void write_##NAME(float *row, float *t, const float *g, int64_t n,           \
+                                    float scale) {                                             \
+        write_body(row, t, g, n, scale);                                                       \
+    }                                                                                          \
+    TARGET static void resync_##NAME(const float *store, float *t, int64_t numel,              \
+                                     int64_t capacity, int64_t start, int64_t n, float scale) { \
+        resync_body(store, t, numel, capacity, start, n, scale);                               \
+    }                                                                                          \
+    static const Kernels kernels_##NAME = {direction_##NAME, direction_scaled_##NAME,          \
+                                           write_##NAME, resync_##NAME};
+
+KERNELS(default, )
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define X86_VARIANTS 1
+KERNELS(avx2, __attribute__((target("avx2,fma"))))
+KERNELS(avx512, __attribute__((target("avx512f,avx2,fma"))))
+#endif
+
+static const Kernels *kernels(void) {
+#ifdef X86_VARIANTS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
+        return &kernels_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernels_avx2;
+#endif
+    return &kernels_default;
+}
+
+typedef struct {
+    int kind; /* 0: directions, 1: slot writes */
+    int64_t n;
+    float *const *g;
+    float *const *t;
+    float *const *d;     /* directions: outputs */
+    float *const *store; /* slot writes */
+    const int64_t *numel;
+    const int64_t *offset; /* n + 1 prefix sums of numel */
+    const float *b;
+    const float *s; /* may be NULL: s = 1 */
+    const int64_t *slot;
+    const uint8_t *admit;
+    float scale;
+    int64_t lo, hi; /* this thread's span of the concatenated range */
+} Work;
+
+static void run_span(const Work *w) {
+    const Kernels *k = kernels();
+    for (int64_t i = 0; i < w->n; i++) {
+        int64_t first = w->offset[i], last = w->offset[i + 1];
+        if (last <= w->lo || first >= w->hi) continue;
+        int64_t a = (w->lo > first ? w->lo : first) - first;
+        int64_t z = (w->hi < last ? w->hi : last) - first;
+        if (w->kind == 0) {
+            if (w->s == NULL)
+                k->direction(w->g[i] + a, w->t[i] + a, w->d[i] + a, z - a, w->b[i]);
+            else
+                k->direction_scaled(w->g[i] + a, w->t[i] + a, w->d[i] + a, z - a, w->b[i],
+                                    w->s[i]);
+        } else if (w->admit[i]) {
+            float *row = w->store[i] + w->slot[i] * w->numel[i];
+            k->write(row + a, w->t[i] + a, w->g[i] + a, z - a, w->scale);
+        }
+    }
+}
+
+static void *run_thread(void *arg) {
+    run_span((const Work *)arg);
+    return NULL;
+}
+
+static void run_parallel(Work *work, int threads) {
+    int64_t total = work->offset[work->n];
+    int64_t most = total / MIN_PER_THREAD;
+    if (threads > most) threads = (int)(most > 1 ? most : 1);
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads <= 1) {
+        work->lo = 0;
+        work->hi = total;
+        run_span(work);
+        return;
+    }
+    Work parts[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 0; k < threads; k++) {
+        parts[k] = *work;
+        parts[k].lo = total * k / threads;
+        parts[k].hi = total * (k + 1) / threads;
+    }
+    for (int k = 1; k < threads; k++)
+        started[k] = pthread_create(&ids[k], NULL, run_thread, &parts[k]) == 0;
+    run_span(&parts[0]);
+    for (int k = 1; k < threads; k++) {
+        if (started[k])
+            pthread_join(ids[k], NULL);
+        else
+            run_span(&parts[k]); /* no thread to be had: this one does the part */
+    }
+}
+
+/* d[i] = g[i] + b[i] * t[i]  (s == NULL), or  t[i] * b[i] + g[i] * s[i]. */
+void critgrad_directions(int64_t n, float *const *g, float *const *t, float *const *d,
+                         const int64_t *numel, const int64_t *offset, const float *b,
+                         const float *s, int threads) {
+    Work work = {0, n, g, t, d, NULL, numel, offset, b, s, NULL, NULL, 0.0f, 0, 0};
+    run_parallel(&work, threads);
+}
+
+static void resync_one(const Kernels *k, const float *store, float *t, int64_t size,
+                       int64_t capacity, int64_t period, int64_t count, float scale) {
+    if (size == 0) return;
+    int64_t length = (size + period - 1) / period;
+    int64_t start = (count % period) * length;
+    if (size < period) { /* one element: the torch path's index % numel */
+        k->resync(store, t, size, capacity, start % size, 1, scale);
+        return;
+    }
+    if (start >= size) start -= size; /* the chunk wraps around at most once */
+    int64_t head = size - start < length ? size - start : length;
+    k->resync(store, t, size, capacity, start, head, scale);
+    if (head < length) k->resync(store, t, size, capacity, 0, length - head, scale);
+}
+
+static void write_all(int64_t n, float *const *store, float *const *t, float *const *g,
+                      const int64_t *numel, const int64_t *offset, const int64_t *slot,
+                      const uint8_t *admit, float scale, int threads) {
+    Work work = {1, n, g, t, NULL, store, numel, offset, NULL, NULL, slot, admit, scale, 0, 0};
+    run_parallel(&work, threads);
+}
+
+/* ------------------------------------------------------------------ the bookkeeping
+ * The same decisions and updates as critgrad.memory.admission, random_slots, coefficients and
+ * bookkeeping, on the per-tensor state arrays themselves (no stacking into (n, C) tables). Every
+ * float operation is the one torch performs there (float64), so the results are the same bits. */
+
+enum { CRITICAL = 0, RECENT = 1, SMALLEST = 2, RANDOM = 3 };
+enum { AGGR_SUM = 0, AGGR_MID = 1, AGGR_MEAN = 2 };
+enum { OFFERED, ADMITTED, REJECTED, NONFINITE, EVICTED, EVICTED_AGE_SUM };
+
+static uint32_t hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+static int is_finite(double x) { return x - x == 0.0; }
+
+/* For each of n tensors: admit[i], slot[i], filled[i] (entries before this step) and the
+ * direction's coefficients b[i], s[i] (s NULL for aggr "sum", where s is 1). */
+void critgrad_plan(int64_t n, const double *keys, int64_t keys_stride, double *const *priority,
+                   int64_t *const *age,
+                   int64_t *const *stats, int64_t capacity, int selection, uint64_t seed,
+                   int per_tensor_streams, int aggr, double kappa, double scale, uint8_t *admit,
+                   int64_t *slot, int64_t *filled, float *b, float *s) {
+    uint32_t base = hash32((uint32_t)(seed >> 32) ^ hash32((uint32_t)(seed & 0xFFFFFFFFu)));
+    for (int64_t i = 0; i < n; i++) {
+        double key = keys[i * keys_stride];
+        const double *pr = priority[i];
+        const int64_t *ag = age[i];
+        int64_t full = 0;
+        for (int64_t k = 0; k < capacity; k++) full += ag[k] >= 0;
+        int has_room = full < capacity;
+        int64_t victim = 0;
+        int enters = 1;
+        /* argmin/argmax: the first index among equal values */
+        if (selection == CRITICAL || selection == SMALLEST) {
+            for (int64_t k = 1; k < capacity; k++)
+                if (selection == CRITICAL ? pr[k] < pr[victim] : pr[k] > pr[victim]) victim = k;
+            enters = has_room || (selection == CRITICAL ? key > pr[victim] : key < pr[victim]);
+        } else if (selection == RECENT) {
+            for (int64_t k = 1; k < capacity; k++)
+                if (ag[k] > ag[victim]) victim = k;
+        } else { /* RANDOM: critgrad.memory.random_slots */
+            uint64_t stream = per_tensor_streams ? (uint64_t)i : 0;
+            uint64_t counter = (uint64_t)stats[i][OFFERED];
+            uint32_t x = hash32((uint32_t)stream ^ base);
+            x = hash32(x ^ (uint32_t)(counter >> 32));
+            x = hash32(x ^ (uint32_t)(counter & 0xFFFFFFFFu));
+            victim = (int64_t)(((uint64_t)x * (uint64_t)capacity) >> 32);
+        }
+        slot[i] = has_room ? full : victim;
+        admit[i] = is_finite(key) && enters;
+        filled[i] = full;
+        double count = (double)full, c, f;
+        if (aggr == AGGR_MEAN) {
+            c = kappa;
+            f = 1.0 / (count + 1.0);
+        } else {
+            c = kappa / (count < 1.0 ? 1.0 : count);
+            f = aggr == AGGR_SUM ? 1.0 : 0.5;
+        }
+        if (full == 0) {
+            c = 0.0;
+            f = 1.0;
+        }
+        b[i] = (float)(c * f / scale);
+        if (s != NULL) s[i] = (float)f;
+    }
+}
+
+/* After the base step: where admit[i], store[i][slot[i]] = g[i] and the scaled sum t[i]
+ * trades the old entry for the new one; each sum's resync chunk is recomputed from the store
+ * (critgrad.memory.resync_: the elements [start, start + length) modulo numel, with period =
+ * resync_per_slot * capacity, length = ceil(numel / period), start = (offers % period) * length);
+ * then for each tensor the
+ * admitted key takes its slot with age 0, every priority is multiplied by decay, every filled
+ * entry ages by one, the counts of critgrad.memory.STAT_FIELDS grow and the key is kept. */
+void critgrad_finish(int64_t n, float *const *store, float *const *t, float *const *g,
+                     const int64_t *numel, const int64_t *offset, double *const *priority,
+                     int64_t *const *age, int64_t *const *stats, double *const *key,
+                     const double *keys, int64_t keys_stride, const uint8_t *admit,
+                     const int64_t *slot,
+                     const int64_t *filled, int64_t capacity, int64_t resync_per_slot,
+                     float scale, double decay, int threads) {
+    write_all(n, store, t, g, numel, offset, slot, admit, scale, threads);
+    const Kernels *kern = kernels();
+    for (int64_t i = 0; i < n; i++) /* the count of offers before this one */
+        resync_one(kern, store[i], t[i], numel[i], capacity, resync_per_slot * capacity,
+                   stats[i][OFFERED], scale);
+    for (int64_t i = 0; i < n; i++) {
+        double offered = keys[i * keys_stride];
+        double *pr = priority[i];
+        int64_t *ag = age[i];
+        int64_t *st = stats[i];
+        int64_t old_age = ag[slot[i]];
+        for (int64_t k = 0; k < capacity; k++) {
+            int taken = admit[i] && k == slot[i];
+            pr[k] = (taken ? offered : pr[k]) * decay;
+            if (taken) ag[k] = 0;
+            ag[k] += ag[k] >= 0;
+        }
+        int finite = is_finite(offered);
+        int evicted = admit[i] && old_age >= 0;
+        st[OFFERED] += 1;
+        st[ADMITTED] += admit[i];
+        st[REJECTED] += finite && filled[i] >= capacity && !admit[i];
+        st[NONFINITE] += !finite;
+        st[EVICTED] += evicted;
+        st[EVICTED_AGE_SUM] += evicted ? old_age : 0;
+        key[i][0] = offered;
+    }
+}

@@ -1,0 +1,381 @@
+"""The memory's elementwise work for float32 CPU tensors as one pass per call, in C.
+
+The eager step's memory work, written as torch operations, costs ~14 separate passes over the
+gradients, each at the speed of a copy or below (see the README's Performance section); the two
+functions here do it in two: :func:`directions` (the aggregated directions) and :func:`commit`
+(the slot writes, the running sums and their resync). Their results equal the torch path's bit
+for bit, but for the resync's sum over the stored rows, taken in row order
+(:file:`critgrad/_native.c` says why).
+
+The C file is compiled once per source, compiler and platform, with the C compiler that
+torch.compile would use (``$CC``, else ``cc``, ``gcc`` or ``clang``), into a cache folder:
+``$CRITGRAD_CACHE``, else ``$XDG_CACHE_HOME/critgrad``, else ``~/.cache/critgrad``. Where no
+compiler works, or with ``CRITGRAD_NATIVE=0`` in the environment, every step takes the torch path
+(the same values); :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import torch
+from torch import Tensor
+
+from ._state import AGE, KEY, PRIORITY, SCALED_SUM, STATS, STORE
+from .memory import RESYNC_PER_SLOT
+
+SOURCE = Path(__file__).with_name("_native.c")
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
+"""-ffp-contract=off: every product and sum rounded on its own, as torch's kernels do."""
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_reason: str | None = None
+_loaded = False
+calls = 0
+"""How many native calls ran in this process (tests read it to know which path a step took)."""
+
+
+def enabled() -> bool:
+    """Whether the environment allows the native path (``CRITGRAD_NATIVE=0`` switches it off)."""
+    return os.environ.get("CRITGRAD_NATIVE", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("CRITGRAD_CACHE"):
+        return Path(os.environ["CRITGRAD_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "critgrad"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(compiler: str) -> Path:
+    """The shared library for this source, compiler and platform: built once, atomically."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    key = hashlib.sha256(
+        b"\0".join(
+            [source, version.encode(), " ".join(FLAGS).encode(), platform.platform().encode()]
+        )
+    ).hexdigest()[:20]
+    folder = _cache_dir()
+    target = folder / f"critgrad_native_{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: a concurrent process sees no half-written file.
+    fd, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", temporary],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _reason, _loaded
+    with _lock:
+        if _loaded:
+            return _library
+        _loaded = True
+        if sys.platform == "win32":
+            _reason = "the native kernels are built for POSIX systems only"
+            return None
+        compiler = _compiler()
+        if compiler is None:
+            _reason = "no C compiler found ($CC, cc, gcc, clang)"
+            return None
+        try:
+            library = ctypes.CDLL(str(_build(compiler)))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            _reason = f"the native kernels could not be built or loaded: {error}"
+            return None
+        pointer, int64, float32, double = (
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_float,
+            ctypes.c_double,
+        )
+        functions = {
+            "critgrad_directions": [int64] + [pointer] * 7 + [ctypes.c_int],
+            "critgrad_plan": [int64, pointer, int64]
+            + [pointer] * 3
+            + [int64, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int, double, double]
+            + [pointer] * 5,
+            "critgrad_finish": [int64]
+            + [pointer] * 10
+            + [int64]
+            + [pointer] * 3
+            + [int64, int64, float32, double, ctypes.c_int],
+        }
+        for name, argtypes in functions.items():
+            function = getattr(library, name)
+            function.argtypes = argtypes
+            function.restype = None
+        _library = library
+        return library
+
+
+def available() -> bool:
+    """Whether the native kernels are built and loaded (builds them on the first call)."""
+    return enabled() and _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernels are not used, or None when they are."""
+    if not enabled():
+        return "switched off by CRITGRAD_NATIVE=0"
+    _load()
+    return _reason
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_NAMES = (STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY)
+_DTYPES = (torch.float32, torch.float32, torch.float64, torch.int64, torch.int64, torch.float64)
+
+
+def _plain_cpu(t: Tensor) -> bool:
+    # type(), not isinstance: tensor subclasses (DTensor, FakeTensor) keep their data elsewhere
+    return type(t) in _PLAIN and t.is_cpu and t.is_contiguous()
+
+
+class Layout(NamedTuple):
+    """The data pointers of a group's memories, for the native kernels: built once, reused for
+    as long as the memories hold the same tensors."""
+
+    refs: tuple[weakref.ref[Tensor], ...]  # every memory tensor, in the order of _NAMES
+    capacity: int
+    numel: ctypes.Array[ctypes.c_int64]
+    offset: ctypes.Array[ctypes.c_int64]  # n + 1 prefix sums of numel
+    pointers: dict[str, ctypes.Array[ctypes.c_void_p]]  # per name in _NAMES
+
+
+_layouts: dict[int, Layout] = {}
+
+
+def _forget(key: int) -> Any:
+    return lambda: _layouts.pop(key, None)
+
+
+def layout(memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
+    """The memories' layout, or None where the native kernels cannot take them: outside a traced
+    step, every memory tensor must be a plain contiguous CPU tensor, the stores and sums float32
+    (and the library built: see :func:`available`)."""
+    if torch.compiler.is_compiling() or not memories or not enabled():
+        return None
+    tensors = [m[name] for m in memories for name in _NAMES]
+    key = id(tensors[0])
+    cached = _layouts.get(key)
+    if (
+        cached is not None
+        and len(cached.refs) == len(tensors)
+        and all(ref() is t for ref, t in zip(cached.refs, tensors))
+    ):
+        return cached
+    width = len(_NAMES)
+    for i, t in enumerate(tensors):
+        if t.dtype is not _DTYPES[i % width] or not _plain_cpu(t):
+            return None
+    if not available():
+        return None
+    numel, offset = _sizes(tensors[1::width])  # the sums: one gradient's shape each
+    built = Layout(
+        tuple(weakref.ref(t) for t in tensors),
+        tensors[0].shape[0],
+        numel,
+        offset,
+        {name: _pointers(tensors[i::width]) for i, name in enumerate(_NAMES)},
+    )
+    _layouts[key] = built
+    weakref.finalize(tensors[0], _forget(key))  # (the entry goes when its first tensor does)
+    return built
+
+
+def takes(grads: Sequence[Tensor], memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
+    """The memories' layout if the native kernels can take this step (float32 gradients of the
+    memories' sizes, plain contiguous CPU tensors), else None."""
+    found = layout(memories)
+    if found is None:
+        return None
+    for g, size in zip(grads, found.numel):
+        if g.dtype is not torch.float32 or not _plain_cpu(g) or g.numel() != size:
+            return None
+    return found
+
+
+def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _sizes(
+    tensors: Sequence[Tensor],
+) -> tuple[ctypes.Array[ctypes.c_int64], ctypes.Array[ctypes.c_int64]]:
+    """Each tensor's number of elements, and their n + 1 prefix sums."""
+    numel = [t.numel() for t in tensors]
+    offset = [0]
+    for size in numel:
+        offset.append(offset[-1] + size)
+    return (ctypes.c_int64 * len(numel))(*numel), (ctypes.c_int64 * len(offset))(*offset)
+
+
+def _float64s(values: Tensor) -> Tensor:
+    """``values`` as a float64 CPU tensor whose elements are ``stride`` apart (see _stride)."""
+    if values.dtype != torch.float64 or values.device.type != "cpu" or values.dim() != 1:
+        values = values.to(device="cpu", dtype=torch.float64).reshape(-1)
+    return values
+
+
+class Plan(NamedTuple):
+    """What :func:`plan` decided for the n tensors of a group, in arrays of n values."""
+
+    layout: Layout
+    admit: ctypes.Array[ctypes.c_uint8]
+    slot: ctypes.Array[ctypes.c_int64]
+    filled: ctypes.Array[ctypes.c_int64]  # entries before this step
+    b: ctypes.Array[ctypes.c_float]  # the direction is s * g + b * (scaled sum)
+    s: ctypes.Array[ctypes.c_float] | None  # None: 1 (aggr "sum")
+
+
+SELECTION_CODES = {"critical": 0, "recent": 1, "smallest": 2, "random": 3}
+AGGREGATION_CODES = {"sum": 0, "mid": 1, "mean": 2}
+
+
+def plan(
+    keys: Tensor,
+    found: Layout,
+    *,
+    selection: str,
+    seed: int | None,
+    per_tensor: bool,
+    aggr: str,
+    kappa: float,
+    scale: float,
+) -> Plan:
+    """Admission (:func:`critgrad.memory.admission`, with :func:`critgrad.memory.random_slots`)
+    and the aggregation coefficients (:func:`critgrad.memory.coefficients`) for the n memories
+    of ``found``, read from each tensor's own priorities, ages and counts: the same values.
+    ``keys`` is ``(n,)``, possibly a broadcast view of one key."""
+    global calls
+    library = cast(ctypes.CDLL, _library)
+    n = len(found.numel)
+    keys = _float64s(keys)
+    decided = Plan(
+        found,
+        (ctypes.c_uint8 * n)(),
+        (ctypes.c_int64 * n)(),
+        (ctypes.c_int64 * n)(),
+        (ctypes.c_float * n)(),
+        None if aggr == "sum" else (ctypes.c_float * n)(),
+    )
+    library.critgrad_plan(
+        n,
+        keys.data_ptr(),
+        keys.stride(0),
+        found.pointers[PRIORITY],
+        found.pointers[AGE],
+        found.pointers[STATS],
+        found.capacity,
+        SELECTION_CODES[selection],
+        seed or 0,
+        per_tensor,
+        AGGREGATION_CODES[aggr],
+        kappa,
+        scale,
+        *decided[1:],
+    )
+    calls += 1
+    return decided
+
+
+def directions(grads: Sequence[Tensor], decided: Plan) -> list[Tensor]:
+    """``s * g + b * T`` for each gradient g and scaled sum T, with the coefficients of
+    ``decided``: the same values as :func:`critgrad.memory.directions`, in new tensors."""
+    global calls
+    library = cast(ctypes.CDLL, _library)
+    found = decided.layout
+    # One buffer for the group, in views: the allocator can then reuse one block from step to
+    # step (a new block's pages cost more than the pass over them on some machines).
+    flat = torch.empty(found.offset[len(grads)], dtype=torch.float32)
+    out = [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, found.offset)]
+    library.critgrad_directions(
+        len(grads),
+        _pointers(grads),
+        found.pointers[SCALED_SUM],
+        _pointers(out),
+        found.numel,
+        found.offset,
+        decided.b,
+        decided.s,
+        torch.get_num_threads(),
+    )
+    calls += 1
+    return out
+
+
+def finish(
+    grads: Sequence[Tensor], keys: Tensor, decided: Plan, scale: float, decay: float
+) -> None:
+    """After the base step: where admitted, ``store[slot] = g`` and the scaled sum trades the old
+    entry for g (:func:`critgrad.memory.write_slot_`); every sum's resync chunk
+    (:func:`critgrad.memory.resync_`, the stored rows summed in row order); then the
+    bookkeeping of :func:`critgrad.memory.bookkeeping`, written into each tensor's priorities,
+    ages, counts and last key."""
+    global calls
+    library = cast(ctypes.CDLL, _library)
+    found = decided.layout
+    keys = _float64s(keys)
+    library.critgrad_finish(
+        len(grads),
+        found.pointers[STORE],
+        found.pointers[SCALED_SUM],
+        _pointers(grads),
+        found.numel,
+        found.offset,
+        found.pointers[PRIORITY],
+        found.pointers[AGE],
+        found.pointers[STATS],
+        found.pointers[KEY],
+        keys.data_ptr(),
+        keys.stride(0),
+        decided.admit,
+        decided.slot,
+        decided.filled,
+        found.capacity,
+        RESYNC_PER_SLOT,
+        scale,
+        decay,
+        torch.get_num_threads(),
+    )
+    calls += 1

@@ -1,0 +1,274 @@
+"""The native CPU kernels (critgrad/_native.c) against the torch path they replace.
+
+For float32 tensors on the CPU the eager step's memory work (admission, coefficients, directions,
+slot writes, running sums, resync, bookkeeping) runs in three native calls. Every value they
+produce is torch's, operation for operation, but for the resync's sum over the stored rows (taken
+in row order): with topC <= 2 the two paths are equal bit for bit on CPUs where torch's kernels
+use fused multiply-adds (AVX2, AVX-512), and within float32 rounding everywhere else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import critgrad
+from critgrad import _native as N
+from critgrad import _state as S
+from critgrad import memory as M
+from critgrad._state import AGE, PRIORITY, SCALED_SUM, STORE
+
+pytestmark = pytest.mark.skipif(
+    not N.available(), reason=f"native kernels unavailable: {N.unavailable_reason()}"
+)
+
+# torch's CPU kernels round a * b + c once (a fused multiply-add) where they are built for these
+# instruction sets; the native kernels always do.
+FMA_IN_TORCH = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def train(native, monkeypatch, steps=40, nan_at=None, threads=1, width=30, **options):
+    """Parameters, every state tensor and the statistics after ``steps`` steps of a small MLP."""
+    monkeypatch.setenv("CRITGRAD_NATIVE", "1" if native else "0")
+    base = options.pop("base", (torch.optim.SGD, dict(lr=0.01, momentum=0.9)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, width), nn.ReLU(), nn.Linear(width, 3))
+    opt = critgrad.CriticalGradients(base[0](model.parameters(), **base[1]), **options)
+    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    calls = N.calls
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(steps):
+            opt.zero_grad()
+            # a changing scale, so that keys rise and fall and every rule evicts
+            loss = nn.functional.cross_entropy(model(x * (1 + (step % 7) * 0.3)), y)
+            loss.backward()
+            if step == nan_at:
+                next(model.parameters()).grad[0, 0] = float("nan")
+            opt.step()
+    finally:
+        torch.set_num_threads(previous)
+    tensors = [p.detach().clone() for p in model.parameters()]
+    tensors += [
+        v.clone() for state in opt.state.values() for v in state.values() if torch.is_tensor(v)
+    ]
+    return tensors, opt.memory_stats(), N.calls - calls
+
+
+def same(a, b):
+    return all(
+        x.dtype == y.dtype
+        and x.shape == y.shape
+        and bool(((x == y) | (x.isnan() & y.isnan()) if x.is_floating_point() else x == y).all())
+        for x, y in zip(a, b)
+    ) and len(a) == len(b)
+
+
+OPTIONS = [
+    dict(selection=selection, key=key, aggr=aggr, topC=topC, decay=0.9, nan_at=nan_at)
+    for selection, key, aggr, topC, nan_at in itertools.chain(
+        itertools.product(
+            ("critical", "recent", "smallest", "random"),
+            ("sum_of_norms", "per_tensor", "global_norm"),
+            ("mean",),
+            (2,),
+            (None, 7),
+        ),
+        itertools.product(("critical",), ("sum_of_norms",), ("sum", "mid"), (1, 2), (None,)),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    OPTIONS,
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_native_step_equals_torch_step(options, monkeypatch):
+    native, native_stats, calls = train(True, monkeypatch, **options)
+    torch_path, torch_stats, torch_calls = train(False, monkeypatch, **options)
+    assert calls == 3 * 40 and torch_calls == 0  # plan, directions, finish per step
+    assert native_stats == torch_stats
+    if FMA_IN_TORCH:
+        assert same(native, torch_path)
+    else:
+        for x, y in zip(native, torch_path):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+BASES = [
+    (torch.optim.Adam, dict(lr=0.01)),
+    (torch.optim.Adam, dict(lr=0.01, fused=True)),
+    (torch.optim.AdamW, dict(lr=0.01, foreach=True, weight_decay=0.1)),
+    (torch.optim.RMSprop, dict(lr=0.01, centered=True)),
+    (torch.optim.SGD, dict(lr=0.05, nesterov=True, momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b[0].__name__ + str(sorted(b[1])))
+def test_native_step_with_each_base_equals_torch_step(base, monkeypatch):
+    native, native_stats, _ = train(True, monkeypatch, base=base, topC=2)
+    torch_path, torch_stats, _ = train(False, monkeypatch, base=base, topC=2)
+    assert native_stats == torch_stats
+    if FMA_IN_TORCH:
+        assert same(native, torch_path)
+    else:
+        for x, y in zip(native, torch_path):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("topC", [3, 10])
+def test_larger_memories_differ_only_by_the_resync_order(topC, monkeypatch):
+    native, native_stats, _ = train(True, monkeypatch, topC=topC, decay=0.9)
+    torch_path, torch_stats, _ = train(False, monkeypatch, topC=topC, decay=0.9)
+    for a, b in zip(native_stats, torch_stats):  # the same decisions, keys within rounding
+        assert {k: v for k, v in a.items() if isinstance(v, int)} == {
+            k: v for k, v in b.items() if isinstance(v, int)
+        }
+        assert a == pytest.approx(b, rel=1e-6)
+    for x, y in zip(native, torch_path):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def one_group_step(memories, grads, keys, threads):
+    """The native kernels' step of one group, on copies of ``memories``, at ``threads``."""
+    memories = [{name: t.clone() for name, t in m.items()} for m in memories]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        found = N.layout(memories)
+        decided = N.plan(
+            keys,
+            found,
+            selection="critical",
+            seed=None,
+            per_tensor=False,
+            aggr="mean",
+            kappa=1.0,
+            scale=M.sum_scale(3),
+        )
+        directions = N.directions(grads, decided)
+        N.finish(grads, keys, decided, M.sum_scale(3), 0.9)
+    finally:
+        torch.set_num_threads(previous)
+    return directions + [t for m in memories for t in m.values()]
+
+
+def test_threads_split_the_work_without_changing_a_bit():
+    # large enough that each of two threads takes a part (critgrad/_native.c: MIN_PER_THREAD)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(300, 500), (7,), (100_003,)]
+    memories = []
+    for shape in shapes:
+        memory = S.new_memory(torch.zeros(shape), dict(topC=3, store_dtype=None))
+        memory[STORE].normal_(generator=gen)
+        memory[SCALED_SUM].normal_(generator=gen)
+        memory[AGE].copy_(torch.tensor([4, 0, 7]))
+        memory[PRIORITY].copy_(torch.tensor([3.0, 1.0, 2.0]))
+        memories.append(memory)
+    grads = [torch.randn(shape, generator=gen) for shape in shapes]
+    keys = torch.full((len(shapes),), 5.0, dtype=torch.float64)
+    one = one_group_step(memories, grads, keys, threads=1)
+    two = one_group_step(memories, grads, keys, threads=2)
+    assert same(one, two)
+    before = [t for m in memories for t in m.values()]
+    assert not same(one[len(grads) :], before)  # (the step changed the memories)
+
+
+def test_resync_recomputes_the_sum_in_row_order(monkeypatch):
+    monkeypatch.setenv("CRITGRAD_NATIVE", "1")
+    topC, numel = 5, 1000
+    p = nn.Parameter(torch.zeros(numel))
+    opt = critgrad.SGD([p], lr=0.0, topC=topC, decay=1.0)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(40):  # growing keys: every gradient evicts, the sum drifts
+        p.grad = torch.randn(numel, generator=gen) * (1.0 + step) ** 2
+        opt.step()
+    state = opt.state[p]
+    scale = M.sum_scale(topC)
+    exact = state[STORE][0] * scale
+    for row in state[STORE][1:]:
+        exact = exact + row * scale
+    assert not torch.equal(state[SCALED_SUM], exact)
+    calls = N.calls
+    for _ in range(M.RESYNC_PER_SLOT * topC):  # all rejected: the store stays as it is
+        p.grad = torch.randn(numel, generator=gen) * 1e-3
+        opt.step()
+    assert N.calls > calls
+    assert torch.equal(state[SCALED_SUM], exact)
+
+
+def test_replaced_memory_tensors_are_used_not_the_old_ones(monkeypatch):
+    monkeypatch.setenv("CRITGRAD_NATIVE", "1")
+    p = nn.Parameter(torch.zeros(6))
+    opt = critgrad.SGD([p], lr=0.0, topC=2)
+    for step in range(3):
+        p.grad = torch.full((6,), float(step + 1))
+        opt.step()
+    old = opt.state[p][STORE]
+    opt.state[p][STORE] = old.clone()
+    p.grad = torch.full((6,), 100.0)
+    opt.step()
+    assert 100.0 in opt.state[p][STORE]
+    assert 100.0 not in old
+
+
+CASES_FOR_TORCH = [
+    pytest.param(dict(dtype=torch.float64), dict(), id="float64"),
+    pytest.param(dict(), dict(store_dtype=torch.bfloat16), id="bfloat16-store"),
+    pytest.param(dict(), dict(include_current=False), id="memory-only"),
+    pytest.param(dict(transposed=True), dict(), id="non-contiguous-gradient"),
+]
+
+
+@pytest.mark.parametrize(("param", "options"), CASES_FOR_TORCH)
+def test_what_the_kernels_do_not_take_goes_to_torch(param, options, monkeypatch):
+    monkeypatch.setenv("CRITGRAD_NATIVE", "1")
+    p = nn.Parameter(torch.randn(4, 3, dtype=param.get("dtype", torch.float32)))
+    opt = critgrad.SGD([p], lr=0.1, topC=2, **options)
+    calls = N.calls
+    for step in range(4):
+        g = torch.randn(3, 4, dtype=p.dtype) * (step + 1)
+        p.grad = g.t() if param.get("transposed") else g.t().contiguous()
+        opt.step()
+    assert N.calls == calls
+    assert opt.memory_stats()[0]["admitted"] > 0
+
+
+def test_switched_off_and_unbuildable_the_step_takes_the_torch_path(tmp_path):
+    script = (
+        "import torch, critgrad\n"
+        "from critgrad import _native as N\n"
+        "p = torch.nn.Parameter(torch.ones(3))\n"
+        "opt = critgrad.SGD([p], lr=0.1, topC=2)\n"
+        "for _ in range(3):\n"
+        "    p.grad = torch.ones(3); opt.step()\n"
+        "print(N.calls, N.unavailable_reason())\n"
+        "print(p.tolist())\n"
+    )
+    base = {**os.environ, "CRITGRAD_CACHE": str(tmp_path)}
+    runs = {
+        "off": {**base, "CRITGRAD_NATIVE": "0"},
+        "no compiler": {**base, "CC": "false", "PATH": "/nonexistent"},
+        "compiler fails": {**base, "CC": "false"},
+        "on": {**base},
+    }
+    outputs = {}
+    for name, env in runs.items():
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[name] = done.stdout.splitlines()
+    assert outputs["off"][0] == "0 switched off by CRITGRAD_NATIVE=0"
+    assert outputs["no compiler"][0].startswith("0 no C compiler found")
+    assert outputs["compiler fails"][0].startswith("0 the native kernels could not be built")
+    assert outputs["on"][0] == "9 None"
+    assert len({tuple(lines[1:]) for lines in outputs.values()}) == 1  # the same parameters
