@@ -9,15 +9,14 @@
  * has an order of its own (rows 0, 1, ..., C-1), where torch's reduction order is its own.
  *
  * Built and loaded by critgrad/_native.py (plain C, no torch or Python headers: it takes data
- * pointers, so one build serves every torch version).
+ * pointers, so one build serves every torch version), with OpenMP where the compiler has it.
  */
 #include <math.h>
-#include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Parallel work is split in spans of the group's elements taken as one concatenated range. */
 #define MIN_PER_THREAD (1 << 16)
-#define MAX_THREADS 64
 
 /* The loops, written once and compiled once per instruction set below (always inlined into a
  * function of each target): fmaf is one instruction where the CPU has FMA, and the same value,
@@ -141,42 +140,31 @@ static void run_span(const Work *w) {
     }
 }
 
-static void *run_thread(void *arg) {
-    run_span((const Work *)arg);
-    return NULL;
-}
-
 static void run_parallel(Work *work, int threads) {
     int64_t total = work->offset[work->n];
     int64_t most = total / MIN_PER_THREAD;
     if (threads > most) threads = (int)(most > 1 ? most : 1);
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads <= 1) {
-        work->lo = 0;
-        work->hi = total;
-        run_span(work);
+#ifdef _OPENMP
+    /* torch's own OpenMP runtime (the process has loaded it: same library name) runs the
+     * parts, so its threads are not kept spinning beside threads of ours. */
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int k = 0; k < threads; k++) {
+            Work part = *work;
+            part.lo = total * k / threads;
+            part.hi = total * (k + 1) / threads;
+            run_span(&part);
+        }
         return;
     }
-    Work parts[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int k = 0; k < threads; k++) {
-        parts[k] = *work;
-        parts[k].lo = total * k / threads;
-        parts[k].hi = total * (k + 1) / threads;
-    }
-    for (int k = 1; k < threads; k++)
-        started[k] = pthread_create(&ids[k], NULL, run_thread, &parts[k]) == 0;
-    run_span(&parts[0]);
-    for (int k = 1; k < threads; k++) {
-        if (started[k])
-            pthread_join(ids[k], NULL);
-        else
-            run_span(&parts[k]); /* no thread to be had: this one does the part */
-    }
+#endif
+    work->lo = 0;
+    work->hi = total;
+    run_span(work);
 }
 
-/* d[i] = g[i] + b[i] * t[i]  (s == NULL), or  t[i] * b[i] + g[i] * s[i]. */
+/* d[i] = g[i] + b[i] * t[i]  (s == NULL), or  t[i] * b[i] + g[i] * s[i], each with the rounding
+ * of torch's addcmul (see the *_body functions). */
 void critgrad_directions(int64_t n, float *const *g, float *const *t, float *const *d,
                          const int64_t *numel, const int64_t *offset, const float *b,
                          const float *s, int threads) {

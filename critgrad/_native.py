@@ -1,15 +1,19 @@
-"""The memory's elementwise work for float32 CPU tensors as one pass per call, in C.
+"""The eager step's memory work for float32 CPU tensors, in C: three calls per group and step.
 
-The eager step's memory work, written as torch operations, costs ~14 separate passes over the
-gradients, each at the speed of a copy or below (see the README's Performance section); the two
-functions here do it in two: :func:`directions` (the aggregated directions) and :func:`commit`
-(the slot writes, the running sums and their resync). Their results equal the torch path's bit
-for bit, but for the resync's sum over the stored rows, taken in row order
-(:file:`critgrad/_native.c` says why).
+Written as torch operations, a group's step costs about a hundred small operations (admission,
+coefficients, bookkeeping) and ~14 passes over the gradients at the speed of a copy or below
+(see the README's Performance section). Here: :func:`plan` (admission and coefficients, from
+each tensor's own priorities, ages and counts), :func:`directions` (one pass) and, after the base
+step, :func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). Their
+results are the torch path's bit for bit, but for the resync's sum over the stored rows, taken
+in row order (:file:`critgrad/_native.c` says why); the wrapper takes this path wherever
+:func:`takes` allows it (outside a traced step, every tensor a plain contiguous CPU tensor, the
+gradients, stores and sums float32, ``include_current=True``).
 
-The C file is compiled once per source, compiler and platform, with the C compiler that
-torch.compile would use (``$CC``, else ``cc``, ``gcc`` or ``clang``), into a cache folder:
-``$CRITGRAD_CACHE``, else ``$XDG_CACHE_HOME/critgrad``, else ``~/.cache/critgrad``. Where no
+The C file is compiled once per source, compiler and platform, with the system's C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; OpenMP where it has it, so that the kernels share
+torch's threads), into a cache folder: ``$CRITGRAD_CACHE``, else ``$XDG_CACHE_HOME/critgrad``
+(``~/.cache/critgrad``), else a folder of the user's in the temporary folder. Where no
 compiler works, or with ``CRITGRAD_NATIVE=0`` in the environment, every step takes the torch path
 (the same values); :func:`unavailable_reason` says why.
 """
@@ -37,8 +41,8 @@ from ._state import AGE, KEY, PRIORITY, SCALED_SUM, STATS, STORE
 from .memory import RESYNC_PER_SLOT
 
 SOURCE = Path(__file__).with_name("_native.c")
-FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
-"""-ffp-contract=off: every product and sum rounded on its own, as torch's kernels do."""
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wno-unknown-pragmas"]
+"""-ffp-contract=off: no product and sum fused where the source does not say so (fmaf)."""
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -53,11 +57,21 @@ def enabled() -> bool:
     return os.environ.get("CRITGRAD_NATIVE", "1") != "0"
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the library may be built, in order of preference (the first writable one is)."""
     if os.environ.get("CRITGRAD_CACHE"):
-        return Path(os.environ["CRITGRAD_CACHE"])
+        return [Path(os.environ["CRITGRAD_CACHE"])]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "critgrad"
+    user = getattr(os, "getuid", lambda: "user")()
+    return [Path(base) / "critgrad", Path(tempfile.gettempdir()) / f"critgrad-{user}"]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def _compiler() -> str | None:
@@ -68,40 +82,44 @@ def _compiler() -> str | None:
 
 
 def _build(compiler: str) -> Path:
-    """The shared library for this source, compiler and platform: built once, atomically."""
+    """The shared library for this source, compiler, flags and platform: built once (with OpenMP
+    where the compiler has it, else without), atomically, in the first writable cache folder."""
     source = SOURCE.read_bytes()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, version.encode(), " ".join(FLAGS).encode(), platform.platform().encode()]
-        )
-    ).hexdigest()[:20]
-    folder = _cache_dir()
-    target = folder / f"critgrad_native_{key}.so"
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: a concurrent process sees no half-written file.
-    fd, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", temporary],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.chmod(temporary, 0o755)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return target
+    folders = _cache_dirs()
+    folder = next((f for f in folders if _writable(f)), folders[0])
+    errors = []
+    for flags in (FLAGS + ["-fopenmp"], FLAGS):
+        key = hashlib.sha256(
+            b"\0".join(
+                [source, version.encode(), " ".join(flags).encode(), platform.platform().encode()]
+            )
+        ).hexdigest()[:20]
+        target = folder / f"critgrad_native_{key}.so"
+        if target.exists():
+            return target
+        # Built under a temporary name and renamed: a concurrent process sees no half-written file.
+        fd, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            result = subprocess.run(
+                [compiler, *flags, str(SOURCE), "-o", temporary],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if result.returncode == 0:
+                os.chmod(temporary, 0o755)
+                os.replace(temporary, target)
+                return target
+            errors.append(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-1000:]}")
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    raise RuntimeError("; ".join(errors))
 
 
 def _load() -> ctypes.CDLL | None:
