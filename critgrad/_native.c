@@ -194,6 +194,13 @@ static void write_all(int64_t n, float *const *store, float *const *t, float *co
     run_parallel(&work, threads);
 }
 
+/* critgrad.memory.resync_ of one running sum, with the offers counted in *count: run after a
+ * compiled step for large sums (critgrad._compile.resync_or_defer_). */
+void critgrad_resync(float *store, float *t, int64_t numel, int64_t capacity,
+                     int64_t resync_per_slot, const int64_t *count, float scale) {
+    resync_one(kernels(), store, t, numel, capacity, resync_per_slot * capacity, *count, scale);
+}
+
 /* ------------------------------------------------------------------ the bookkeeping
  * The same decisions and updates as critgrad.memory.admission, random_slots, coefficients and
  * bookkeeping, on the per-tensor state arrays themselves (no stacking into (n, C) tables). Every

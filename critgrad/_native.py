@@ -152,6 +152,7 @@ def _load() -> ctypes.CDLL | None:
             + [pointer] * 3
             + [int64, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int, double, double]
             + [pointer] * 5,
+            "critgrad_resync": [pointer, pointer, int64, int64, int64, pointer, float32],
             "critgrad_finish": [int64]
             + [pointer] * 10
             + [int64]
@@ -397,3 +398,31 @@ def finish(
         torch.get_num_threads(),
     )
     calls += 1
+
+
+def resync(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> bool:
+    """:func:`critgrad.memory.resync_` (the stored rows summed in row order) if the kernels can
+    take these tensors; returns whether they did."""
+    global calls
+    if not (
+        enabled()
+        and store.dtype is torch.float32
+        and scaled_sum.dtype is torch.float32
+        and count.dtype is torch.int64
+        and count.numel() == 1
+        and all(_plain_cpu(t) for t in (store, scaled_sum, count))
+        and available()
+    ):
+        return False
+    library = cast(ctypes.CDLL, _library)
+    library.critgrad_resync(
+        store.data_ptr(),
+        scaled_sum.data_ptr(),
+        scaled_sum.numel(),
+        store.shape[0],
+        RESYNC_PER_SLOT,
+        count.data_ptr(),
+        scale,
+    )
+    calls += 1
+    return True

@@ -22,6 +22,7 @@ import critgrad
 from critgrad import _native as N
 from critgrad import _state as S
 from critgrad import memory as M
+from critgrad._compile import LARGE
 from critgrad._state import AGE, PRIORITY, SCALED_SUM, STORE
 
 pytestmark = pytest.mark.skipif(
@@ -182,11 +183,19 @@ def test_threads_split_the_work_without_changing_a_bit():
     assert not same(one[len(grads) :], before)  # (the step changed the memories)
 
 
-def test_resync_recomputes_the_sum_in_row_order(monkeypatch):
+@pytest.mark.parametrize(
+    ("numel", "compile"),
+    [
+        pytest.param(1000, False, id="eager"),
+        # compile=True: a large sum's resync runs after the compiled step, natively
+        pytest.param(LARGE, True, id="after-a-compiled-step"),
+    ],
+)
+def test_resync_recomputes_the_sum_in_row_order(numel, compile, monkeypatch):
     monkeypatch.setenv("CRITGRAD_NATIVE", "1")
-    topC, numel = 5, 1000
+    topC = 5
     p = nn.Parameter(torch.zeros(numel))
-    opt = critgrad.SGD([p], lr=0.0, topC=topC, decay=1.0)
+    opt = critgrad.SGD([p], lr=0.0, topC=topC, decay=1.0, compile=compile)
     gen = torch.Generator().manual_seed(0)
     for step in range(40):  # growing keys: every gradient evicts, the sum drifts
         p.grad = torch.randn(numel, generator=gen) * (1.0 + step) ** 2
@@ -201,7 +210,8 @@ def test_resync_recomputes_the_sum_in_row_order(monkeypatch):
     for _ in range(M.RESYNC_PER_SLOT * topC):  # all rejected: the store stays as it is
         p.grad = torch.randn(numel, generator=gen) * 1e-3
         opt.step()
-    assert N.calls > calls
+    assert opt.last_step_implementation == ("compiled" if compile else "eager")
+    assert N.calls >= calls + M.RESYNC_PER_SLOT * topC
     assert torch.equal(state[SCALED_SUM], exact)
 
 
