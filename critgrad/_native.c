@@ -58,11 +58,124 @@ INLINE void resync_body(const float *restrict store, float *restrict t, int64_t 
     }
 }
 
+/* Adam's update (torch.optim.Adam's for-loop step, operation for operation, each rounded to
+ * float32) on the direction, fused with the memory's slot write: one pass over g, the sum, the
+ * evicted entry, the parameter and its moments. */
+typedef struct {
+    float w1;        /* 1 - beta1 (lerp's weight) */
+    float beta2, one_minus_beta2, eps, weight_decay, decay_factor; /* 1 - lr * weight_decay */
+    int decoupled, maximize;
+} AdamOptions;
+
+INLINE void adam_loop(const float *restrict g, float *restrict t, float *restrict row,
+                      float *restrict p, float *restrict m, float *restrict v,
+                      float *restrict vmax, int64_t n, const AdamOptions *o, float b, float s,
+                      const int scaled, float neg_step_size, float bc2_sqrt, const int l2,
+                      const int amsgrad, const int admitted, float scale) {
+    /* (the const int arguments are constants where this is inlined: one loop per case) */
+    const float sign = o->maximize ? -1.0f : 1.0f;
+    /* decoupled weight decay multiplies the parameter (by exactly 1 where there is none) */
+    const float factor = o->decoupled && o->weight_decay != 0.0f ? o->decay_factor : 1.0f;
+    const float w1 = o->w1, beta2 = o->beta2, c2 = o->one_minus_beta2;
+    const int low = w1 < 0.5f; /* torch's lerp: fma(w, d - m, m), or fma(w - 1, d - m, d) */
+    for (int64_t j = 0; j < n; j++) {
+        float gj = g[j];
+        float d = (scaled ? fmaf(gj, s, t[j] * b) : fmaf(t[j], b, gj)) * sign;
+        float pj = p[j] * factor;
+        if (l2) d = fmaf(pj, o->weight_decay, d);
+        float mj = m[j];
+        float from_m = fmaf(w1, d - mj, mj), from_d = fmaf(w1 - 1.0f, d - mj, d);
+        mj = low ? from_m : from_d;
+        float vj = fmaf(c2 * d, d, v[j] * beta2); /* torch's addcmul_(d, d, value=c2) */
+        float second = vj;
+        if (amsgrad) {
+            float largest = vmax[j];
+            second = largest > vj ? largest : vj;
+            vmax[j] = second;
+        }
+        /* torch's addcdiv_(m, denominator, value): p + (value * m) / denominator */
+        p[j] = pj + (neg_step_size * mj) / (sqrtf(second) / bc2_sqrt + o->eps);
+        m[j] = mj;
+        v[j] = vj;
+        if (admitted) {
+            float old = row[j];
+            t[j] = (t[j] - old * scale) + gj * scale;
+            row[j] = gj;
+        }
+    }
+}
+
+INLINE void adam_body(const float *restrict g, float *restrict t, float *restrict row,
+                      float *restrict p, float *restrict m, float *restrict v,
+                      float *restrict vmax, int64_t n, const AdamOptions *o, float b, float s,
+                      int scaled, float neg_step_size, float bc2_sqrt, int admitted,
+                      float scale) {
+    int l2 = !o->decoupled && o->weight_decay != 0.0f;
+#define ADAM_CASE(SCALED, L2, AMSGRAD, ADMITTED)                                                 \
+    if (scaled == SCALED && l2 == L2 && (vmax != NULL) == AMSGRAD && (admitted != 0) == ADMITTED) \
+        return adam_loop(g, t, row, p, m, v, vmax, n, o, b, s, SCALED, neg_step_size, bc2_sqrt, \
+                         L2, AMSGRAD, ADMITTED, scale);
+#define ADAM_CASES(SCALED, L2)                                                                 \
+    ADAM_CASE(SCALED, L2, 0, 0) ADAM_CASE(SCALED, L2, 0, 1) ADAM_CASE(SCALED, L2, 1, 0)       \
+    ADAM_CASE(SCALED, L2, 1, 1)
+    ADAM_CASES(0, 0) ADAM_CASES(0, 1) ADAM_CASES(1, 0) ADAM_CASES(1, 1)
+#undef ADAM_CASES
+#undef ADAM_CASE
+}
+
+/* SGD's update (torch.optim.SGD's for-loop step, operation for operation) on the direction,
+ * fused with the memory's slot write. */
+typedef struct {
+    float neg_lr, weight_decay, momentum, one_minus_dampening;
+    int nesterov, maximize;
+} SGDOptions;
+
+INLINE void sgd_loop(const float *restrict g, float *restrict t, float *restrict row,
+                     float *restrict p, float *restrict buf, int64_t n, const SGDOptions *o,
+                     float b, float s, const int scaled, const int with_momentum,
+                     const int admitted, float scale) {
+    const float sign = o->maximize ? -1.0f : 1.0f;
+    const float wd = o->weight_decay, mu = o->momentum, damp = o->one_minus_dampening;
+    const int nesterov = o->nesterov;
+    for (int64_t j = 0; j < n; j++) {
+        float gj = g[j];
+        float d = (scaled ? fmaf(gj, s, t[j] * b) : fmaf(t[j], b, gj)) * sign;
+        float pj = p[j];
+        d = wd != 0.0f ? fmaf(pj, wd, d) : d; /* torch: grad.add(param, alpha=wd) */
+        if (with_momentum) {
+            float bj = fmaf(d, damp, buf[j] * mu); /* buf.mul_(mu).add_(d, alpha=1 - damp) */
+            buf[j] = bj;
+            d = nesterov ? fmaf(bj, mu, d) : bj;
+        }
+        p[j] = fmaf(d, o->neg_lr, pj); /* param.add_(d, alpha=-lr) */
+        if (admitted) {
+            float old = row[j];
+            t[j] = (t[j] - old * scale) + gj * scale;
+            row[j] = gj;
+        }
+    }
+}
+
+INLINE void sgd_body(const float *restrict g, float *restrict t, float *restrict row,
+                     float *restrict p, float *restrict buf, int64_t n, const SGDOptions *o,
+                     float b, float s, int scaled, int admitted, float scale) {
+#define SGD_CASE(SCALED, MOMENTUM, ADMITTED)                                                     \
+    if (scaled == SCALED && (buf != NULL) == MOMENTUM && (admitted != 0) == ADMITTED)           \
+        return sgd_loop(g, t, row, p, buf, n, o, b, s, SCALED, MOMENTUM, ADMITTED, scale);
+    SGD_CASE(0, 0, 0) SGD_CASE(0, 0, 1) SGD_CASE(0, 1, 0) SGD_CASE(0, 1, 1)
+    SGD_CASE(1, 0, 0) SGD_CASE(1, 0, 1) SGD_CASE(1, 1, 0) SGD_CASE(1, 1, 1)
+#undef SGD_CASE
+}
+
 typedef struct {
     void (*direction)(const float *, const float *, float *, int64_t, float);
     void (*direction_scaled)(const float *, const float *, float *, int64_t, float, float);
     void (*write)(float *, float *, const float *, int64_t, float);
     void (*resync)(const float *, float *, int64_t, int64_t, int64_t, int64_t, float);
+    void (*adam)(const float *, float *, float *, float *, float *, float *, float *, int64_t,
+                 const AdamOptions *, float, float, int, float, float, int, float);
+    void (*sgd)(const float *, float *, float *, float *, float *, int64_t, const SGDOptions *,
+                float, float, int, int, float);
 } Kernels;
 
 #define KERNELS(NAME, TARGET)                                                                  \
@@ -82,8 +195,21 @@ typedef struct {
                                      int64_t capacity, int64_t start, int64_t n, float scale) { \
         resync_body(store, t, numel, capacity, start, n, scale);                               \
     }                                                                                          \
+    TARGET static void adam_##NAME(const float *g, float *t, float *row, float *p, float *m,    \
+                                   float *v, float *vmax, int64_t n, const AdamOptions *o,     \
+                                   float b, float s, int scaled, float neg_step_size,          \
+                                   float bc2_sqrt, int admitted, float scale) {                \
+        adam_body(g, t, row, p, m, v, vmax, n, o, b, s, scaled, neg_step_size, bc2_sqrt,       \
+                  admitted, scale);                                                            \
+    }                                                                                          \
+    TARGET static void sgd_##NAME(const float *g, float *t, float *row, float *p, float *buf,   \
+                                  int64_t n, const SGDOptions *o, float b, float s, int scaled, \
+                                  int admitted, float scale) {                                 \
+        sgd_body(g, t, row, p, buf, n, o, b, s, scaled, admitted, scale);                      \
+    }                                                                                          \
     static const Kernels kernels_##NAME = {direction_##NAME, direction_scaled_##NAME,          \
-                                           write_##NAME, resync_##NAME};
+                                           write_##NAME,     resync_##NAME,                    \
+                                           adam_##NAME,      sgd_##NAME};
 
 KERNELS(default, )
 
@@ -104,7 +230,7 @@ static const Kernels *kernels(void) {
 }
 
 typedef struct {
-    int kind; /* 0: directions, 1: slot writes */
+    int kind; /* 0: directions, 1: slot writes, 2: Adam and slot writes, 3: SGD and slot writes */
     int64_t n;
     float *const *g;
     float *const *t;
@@ -118,6 +244,16 @@ typedef struct {
     const uint8_t *admit;
     float scale;
     int64_t lo, hi; /* this thread's span of the concatenated range */
+    /* kind 2 */
+    float *const *p;
+    float *const *m;
+    float *const *v;
+    float *const *vmax; /* NULL without amsgrad */
+    const AdamOptions *options;
+    const float *neg_step_size;
+    const float *bc2_sqrt;
+    /* kind 3 (SGD and slot writes): p, and v as the momentum buffers (NULL: no momentum) */
+    const SGDOptions *sgd;
 } Work;
 
 static void run_span(const Work *w) {
@@ -133,9 +269,22 @@ static void run_span(const Work *w) {
             else
                 k->direction_scaled(w->g[i] + a, w->t[i] + a, w->d[i] + a, z - a, w->b[i],
                                     w->s[i]);
-        } else if (w->admit[i]) {
+        } else if (w->kind == 1) {
+            if (w->admit[i]) {
+                float *row = w->store[i] + w->slot[i] * w->numel[i];
+                k->write(row + a, w->t[i] + a, w->g[i] + a, z - a, w->scale);
+            }
+        } else if (w->kind == 3) {
             float *row = w->store[i] + w->slot[i] * w->numel[i];
-            k->write(row + a, w->t[i] + a, w->g[i] + a, z - a, w->scale);
+            k->sgd(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a,
+                   w->v == NULL ? NULL : w->v[i] + a, z - a, w->sgd, w->b[i],
+                   w->s == NULL ? 1.0f : w->s[i], w->s != NULL, w->admit[i], w->scale);
+        } else {
+            float *row = w->store[i] + w->slot[i] * w->numel[i];
+            k->adam(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a, w->m[i] + a, w->v[i] + a,
+                    w->vmax == NULL ? NULL : w->vmax[i] + a, z - a, w->options, w->b[i],
+                    w->s == NULL ? 1.0f : w->s[i], w->s != NULL, w->neg_step_size[i],
+                    w->bc2_sqrt[i], w->admit[i], w->scale);
         }
     }
 }
@@ -168,7 +317,8 @@ static void run_parallel(Work *work, int threads) {
 void critgrad_directions(int64_t n, float *const *g, float *const *t, float *const *d,
                          const int64_t *numel, const int64_t *offset, const float *b,
                          const float *s, int threads) {
-    Work work = {0, n, g, t, d, NULL, numel, offset, b, s, NULL, NULL, 0.0f, 0, 0};
+    Work work = {.kind = 0, .n = n, .g = g, .t = t, .d = d, .numel = numel, .offset = offset,
+                 .b = b, .s = s};
     run_parallel(&work, threads);
 }
 
@@ -190,7 +340,8 @@ static void resync_one(const Kernels *k, const float *store, float *t, int64_t s
 static void write_all(int64_t n, float *const *store, float *const *t, float *const *g,
                       const int64_t *numel, const int64_t *offset, const int64_t *slot,
                       const uint8_t *admit, float scale, int threads) {
-    Work work = {1, n, g, t, NULL, store, numel, offset, NULL, NULL, slot, admit, scale, 0, 0};
+    Work work = {.kind = 1, .n = n, .g = g, .t = t, .store = store, .numel = numel,
+                 .offset = offset, .slot = slot, .admit = admit, .scale = scale};
     run_parallel(&work, threads);
 }
 
@@ -280,14 +431,85 @@ void critgrad_plan(int64_t n, const double *keys, int64_t keys_stride, double *c
  * then for each tensor the
  * admitted key takes its slot with age 0, every priority is multiplied by decay, every filled
  * entry ages by one, the counts of critgrad.memory.STAT_FIELDS grow and the key is kept. */
+static void bookkeep(int64_t n, float *const *store, float *const *t, const int64_t *numel,
+                     double *const *priority, int64_t *const *age, int64_t *const *stats,
+                     double *const *key, const double *keys, int64_t keys_stride,
+                     const uint8_t *admit, const int64_t *slot, const int64_t *filled,
+                     int64_t capacity, int64_t resync_per_slot, float scale, double decay);
+
 void critgrad_finish(int64_t n, float *const *store, float *const *t, float *const *g,
                      const int64_t *numel, const int64_t *offset, double *const *priority,
                      int64_t *const *age, int64_t *const *stats, double *const *key,
                      const double *keys, int64_t keys_stride, const uint8_t *admit,
-                     const int64_t *slot,
-                     const int64_t *filled, int64_t capacity, int64_t resync_per_slot,
-                     float scale, double decay, int threads) {
+                     const int64_t *slot, const int64_t *filled, int64_t capacity,
+                     int64_t resync_per_slot, float scale, double decay, int threads) {
     write_all(n, store, t, g, numel, offset, slot, admit, scale, threads);
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+             filled, capacity, resync_per_slot, scale, decay);
+}
+
+/* The whole step of a group whose base is torch's Adam or AdamW: each tensor's step counter
+ * counts the step (steps[i], float32), Adam's update runs on the direction fused with the slot
+ * writes, then the resyncs and the bookkeeping of critgrad_finish. adam_scalars holds lr, beta1,
+ * beta2, eps and weight_decay; flags: decoupled weight decay, maximize. */
+void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const *g,
+                   const int64_t *numel, const int64_t *offset, double *const *priority,
+                   int64_t *const *age, int64_t *const *stats, double *const *key,
+                   const double *keys, int64_t keys_stride, const uint8_t *admit,
+                   const int64_t *slot, const int64_t *filled, const float *b, const float *s,
+                   float *const *p, float *const *m, float *const *v, float *const *vmax,
+                   float *const *steps, const double *adam_scalars, int decoupled, int maximize,
+                   int64_t capacity, int64_t resync_per_slot, float scale, double decay,
+                   float *neg_step_size, float *bc2_sqrt, int threads) {
+    double lr = adam_scalars[0], beta1 = adam_scalars[1], beta2 = adam_scalars[2];
+    double eps = adam_scalars[3], weight_decay = adam_scalars[4];
+    /* torch's Python scalars, as its float32 kernels receive them */
+    AdamOptions options = {(float)(1.0 - beta1), (float)beta2,        (float)(1.0 - beta2),
+                           (float)eps,           (float)weight_decay, (float)(1.0 - lr * weight_decay),
+                           decoupled,            maximize};
+    for (int64_t i = 0; i < n; i++) {
+        *steps[i] += 1.0f;
+        double step = (double)*steps[i];
+        double bias_correction1 = 1.0 - pow(beta1, step);
+        double bias_correction2 = 1.0 - pow(beta2, step);
+        neg_step_size[i] = (float)(-(lr / bias_correction1));
+        bc2_sqrt[i] = (float)pow(bias_correction2, 0.5);
+    }
+    Work work = {.kind = 2, .n = n, .g = g, .t = t, .store = store, .numel = numel,
+                 .offset = offset, .b = b, .s = s, .slot = slot, .admit = admit, .scale = scale,
+                 .p = p, .m = m, .v = v, .vmax = vmax, .options = &options,
+                 .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt};
+    run_parallel(&work, threads);
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+             filled, capacity, resync_per_slot, scale, decay);
+}
+
+/* The same for torch's SGD: sgd_scalars holds lr, weight_decay, momentum, dampening; bufs the
+ * momentum buffers (NULL without momentum). */
+void critgrad_sgd(int64_t n, float *const *store, float *const *t, float *const *g,
+                  const int64_t *numel, const int64_t *offset, double *const *priority,
+                  int64_t *const *age, int64_t *const *stats, double *const *key,
+                  const double *keys, int64_t keys_stride, const uint8_t *admit,
+                  const int64_t *slot, const int64_t *filled, const float *b, const float *s,
+                  float *const *p, float *const *bufs, const double *sgd_scalars, int nesterov,
+                  int maximize, int64_t capacity, int64_t resync_per_slot, float scale,
+                  double decay, int threads) {
+    /* torch's Python scalars, as its float32 kernels receive them */
+    SGDOptions options = {(float)(-sgd_scalars[0]), (float)sgd_scalars[1], (float)sgd_scalars[2],
+                          (float)(1.0 - sgd_scalars[3]), nesterov, maximize};
+    Work work = {.kind = 3, .n = n, .g = g, .t = t, .store = store, .numel = numel,
+                 .offset = offset, .b = b, .s = s, .slot = slot, .admit = admit, .scale = scale,
+                 .p = p, .v = bufs, .sgd = &options};
+    run_parallel(&work, threads);
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+             filled, capacity, resync_per_slot, scale, decay);
+}
+
+static void bookkeep(int64_t n, float *const *store, float *const *t, const int64_t *numel,
+                     double *const *priority, int64_t *const *age, int64_t *const *stats,
+                     double *const *key, const double *keys, int64_t keys_stride,
+                     const uint8_t *admit, const int64_t *slot, const int64_t *filled,
+                     int64_t capacity, int64_t resync_per_slot, float scale, double decay) {
     const Kernels *kern = kernels();
     for (int64_t i = 0; i < n; i++) /* the count of offers before this one */
         resync_one(kern, store[i], t[i], numel[i], capacity, resync_per_slot * capacity,

@@ -41,8 +41,18 @@ from ._state import AGE, KEY, PRIORITY, SCALED_SUM, STATS, STORE
 from .memory import RESYNC_PER_SLOT
 
 SOURCE = Path(__file__).with_name("_native.c")
-FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wno-unknown-pragmas"]
-"""-ffp-contract=off: no product and sum fused where the source does not say so (fmaf)."""
+FLAGS = [
+    "-O3",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fPIC",
+    "-shared",
+    "-Wno-unknown-pragmas",
+]
+"""-ffp-contract=off: no product and sum fused where the source does not say so (fmaf);
+-fno-trapping-math: branches on constants become selects (the loops vectorize); values are IEEE
+float32 either way."""
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -105,7 +115,7 @@ def _build(compiler: str) -> Path:
         os.close(fd)
         try:
             result = subprocess.run(
-                [compiler, *flags, str(SOURCE), "-o", temporary],
+                [compiler, *flags, str(SOURCE), "-o", temporary, "-lm"],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -153,6 +163,17 @@ def _load() -> ctypes.CDLL | None:
             + [int64, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int, double, double]
             + [pointer] * 5,
             "critgrad_resync": [pointer, pointer, int64, int64, int64, pointer, float32],
+            "critgrad_sgd": [int64]
+            + [pointer] * 10
+            + [int64]
+            + [pointer] * 8
+            + [ctypes.c_int, ctypes.c_int, int64, int64, float32, double, ctypes.c_int],
+            "critgrad_adam": [int64]
+            + [pointer] * 10
+            + [int64]
+            + [pointer] * 11
+            + [ctypes.c_int, ctypes.c_int, int64, int64, float32, double]
+            + [pointer, pointer, ctypes.c_int],
             "critgrad_finish": [int64]
             + [pointer] * 10
             + [int64]
@@ -426,3 +447,176 @@ def resync(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> bo
     )
     calls += 1
     return True
+
+
+_base_layouts: dict[int, tuple[tuple[weakref.ref[Tensor], ...], dict[str, Any]]] = {}
+
+
+def _base_pointers(
+    state: Mapping[Tensor, Mapping[str, Any]], params: Sequence[Tensor], names: tuple[str, ...]
+) -> dict[str, ctypes.Array[ctypes.c_void_p]] | None:
+    """Data pointers of ``params`` ("param") and of their state entries ``names`` ("step": a
+    one-element counter, the others: the parameter's size), all plain float32 CPU tensors; None
+    where an entry is missing or of another kind. Reused while the tensors are the same."""
+    tensors = []
+    for p in params:
+        entry = state.get(p)
+        if entry is None:
+            return None
+        tensors.append(p)
+        for name in names:
+            t = entry.get(name)
+            if not isinstance(t, Tensor):
+                return None
+            tensors.append(t)
+    key = id(tensors[0])
+    cached = _base_layouts.get(key)
+    if (
+        cached is not None
+        and len(cached[0]) == len(tensors)
+        and all(ref() is t for ref, t in zip(cached[0], tensors))
+    ):
+        return cached[1]
+    width = len(names) + 1
+    for i in range(0, len(tensors), width):
+        size = tensors[i].numel()
+        for name, t in zip(("param", *names), tensors[i : i + width]):
+            if t.dtype is not torch.float32 or not _plain_cpu(t):
+                return None
+            if t.numel() != (1 if name == "step" else size):
+                return None
+    pointers = {name: _pointers(tensors[j::width]) for j, name in enumerate(("param", *names))}
+    _base_layouts[key] = (tuple(weakref.ref(t) for t in tensors), pointers)
+    weakref.finalize(tensors[0], _forget_base(key))
+    return pointers
+
+
+def _forget_base(key: int) -> Any:
+    return lambda: _base_layouts.pop(key, None)
+
+
+def _own_step(optimizer: torch.optim.Optimizer, kinds: tuple[type, ...]) -> bool:
+    """``optimizer`` is exactly one of torch's ``kinds``, with torch's own ``step``."""
+    return type(optimizer) in kinds and "step" not in optimizer.__dict__
+
+
+class BaseTensors(NamedTuple):
+    """What torch's Adam or SGD keeps for the n tensors of a group (as data pointers), and its
+    hyperparameters for this step."""
+
+    kind: str  # "adam" or "sgd"
+    pointers: dict[str, ctypes.Array[ctypes.c_void_p]]
+    scalars: tuple[float, ...]  # adam: lr, beta1, beta2, eps, weight_decay; sgd: lr,
+    # weight_decay, momentum, dampening
+    flags: tuple[bool, ...]  # adam: amsgrad, decoupled, maximize; sgd: momentum, nesterov,
+    # maximize
+
+
+def base_tensors(
+    optimizer: torch.optim.Optimizer, group: Mapping[str, Any], params: Sequence[Tensor]
+) -> BaseTensors | None:
+    """The state of ``params`` in ``optimizer`` if :func:`fused_step` can take their step:
+    ``optimizer`` is torch's Adam, AdamW or SGD with its own ``step`` (not capturable or
+    differentiable, Python numbers for its hyperparameters), every parameter and its state are
+    plain float32 CPU tensors, and the state exists (the first step is the optimizer's own)."""
+    if not params or group.get("capturable") or group.get("differentiable"):
+        return None
+    if _own_step(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        betas = group["betas"]
+        scalars = (group["lr"], betas[0], betas[1], group["eps"], group["weight_decay"])
+        amsgrad = bool(group["amsgrad"])
+        names: tuple[str, ...] = ("step", "exp_avg", "exp_avg_sq")
+        names += ("max_exp_avg_sq",) if amsgrad else ()
+        decoupled = group.get("decoupled_weight_decay", type(optimizer) is torch.optim.AdamW)
+        flags = (amsgrad, bool(decoupled), bool(group["maximize"]))
+        kind = "adam"
+    elif _own_step(optimizer, (torch.optim.SGD,)):
+        scalars = (group["lr"], group["weight_decay"], group["momentum"], group["dampening"])
+        names = ("momentum_buffer",) if group["momentum"] != 0 else ()
+        flags = (group["momentum"] != 0, bool(group["nesterov"]), bool(group["maximize"]))
+        kind = "sgd"
+    else:
+        return None
+    if not all(type(x) in (float, int) for x in scalars):
+        return None
+    pointers = _base_pointers(optimizer.state, params, names)
+    if pointers is None:
+        return None
+    return BaseTensors(kind, pointers, tuple(float(x) for x in scalars), flags)
+
+
+def fused_step(
+    grads: Sequence[Tensor],
+    keys: Tensor,
+    decided: Plan,
+    base: BaseTensors,
+    scale: float,
+    decay: float,
+) -> None:
+    """The whole step of a group whose base is torch's Adam, AdamW or SGD, in one pass over the
+    tensors: the directions, the base's update on them (as torch's for-loop implementation
+    computes it, in float32; Adam's step counters count the step), the slot writes and running
+    sums; then the resyncs and the bookkeeping of :func:`finish`."""
+    global calls
+    library = cast(ctypes.CDLL, _library)
+    found = decided.layout
+    keys = _float64s(keys)
+    n = len(grads)
+    memory = (
+        found.pointers[STORE],
+        found.pointers[SCALED_SUM],
+        _pointers(grads),
+        found.numel,
+        found.offset,
+        found.pointers[PRIORITY],
+        found.pointers[AGE],
+        found.pointers[STATS],
+        found.pointers[KEY],
+        keys.data_ptr(),
+        keys.stride(0),
+        decided.admit,
+        decided.slot,
+        decided.filled,
+        decided.b,
+        decided.s,
+    )
+    pointers = base.pointers
+    scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
+    if base.kind == "adam":
+        amsgrad, decoupled, maximize = base.flags
+        library.critgrad_adam(
+            n,
+            *memory,
+            pointers["param"],
+            pointers["exp_avg"],
+            pointers["exp_avg_sq"],
+            pointers["max_exp_avg_sq"] if amsgrad else None,
+            pointers["step"],
+            scalars,
+            decoupled,
+            maximize,
+            found.capacity,
+            RESYNC_PER_SLOT,
+            scale,
+            decay,
+            (ctypes.c_float * n)(),
+            (ctypes.c_float * n)(),
+            torch.get_num_threads(),
+        )
+    else:
+        momentum, nesterov, maximize = base.flags
+        library.critgrad_sgd(
+            n,
+            *memory,
+            pointers["param"],
+            pointers["momentum_buffer"] if momentum else None,
+            scalars,
+            nesterov,
+            maximize,
+            found.capacity,
+            RESYNC_PER_SLOT,
+            scale,
+            decay,
+            torch.get_num_threads(),
+        )
+    calls += 1

@@ -498,16 +498,34 @@ class CriticalGradients(Optimizer):
             else [None] * len(plan.grads)
             for plan in plans
         ]
-        directions = [_directions(plan, pairs) for plan, pairs in zip(plans, scratch)]
+        # Float32 groups of torch's Adam, AdamW or SGD on the CPU: the whole step (directions,
+        # the base's update, slot writes) in one native pass, once the base has stepped the
+        # other groups.
+        fused = [
+            N.base_tensors(self.base, plan.group, plan.params)
+            if isinstance(plan.decision, N.Plan)
+            else None
+            for plan in plans
+        ]
+        directions = [
+            [] if base is not None else _directions(plan, pairs)
+            for plan, pairs, base in zip(plans, scratch, fused)
+        ]
         raws = [[g.clone() for g in plan.grads] if in_place else plan.grads for plan in plans]
         try:
-            for plan, group_directions in zip(plans, directions):
-                if in_place:
+            for plan, group_directions, base in zip(plans, directions, fused):
+                if base is not None:  # the base leaves parameters without a gradient alone
+                    for p in plan.params:
+                        p.grad = None
+                elif in_place:
                     torch._foreach_copy_(plan.grads, group_directions)
                 else:
                     for p, d in zip(plan.params, group_directions):
                         p.grad = d
-            _unhooked_step(self.base)()
+            if not any(fused) or any(
+                p.grad is not None for group in self.param_groups for p in group["params"]
+            ):
+                _unhooked_step(self.base)()
         finally:
             for plan, raw in zip(plans, raws):
                 if in_place:
@@ -517,8 +535,13 @@ class CriticalGradients(Optimizer):
                         p.grad = g
         del directions
         # The one moment the memory changes: after the base step succeeded.
-        for plan, raw, pairs in zip(plans, raws, scratch):
-            self._commit(plan, raw, pairs, deferred)
+        for plan, raw, pairs, base in zip(plans, raws, scratch, fused):
+            if base is not None:
+                decision = cast(N.Plan, plan.decision)
+                scale = M.sum_scale(plan.group["topC"])
+                N.fused_step(raw, plan.keys, decision, base, scale, plan.group["decay"])
+            else:
+                self._commit(plan, raw, pairs, deferred)
 
     def _commit(
         self,
