@@ -523,7 +523,13 @@ def base_tensors(
         return None
     if _own_step(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         betas = group["betas"]
-        scalars = (group["lr"], betas[0], betas[1], group["eps"], group["weight_decay"])
+        scalars: tuple[Any, ...] = (
+            group["lr"],
+            betas[0],
+            betas[1],
+            group["eps"],
+            group["weight_decay"],
+        )
         amsgrad = bool(group["amsgrad"])
         names: tuple[str, ...] = ("step", "exp_avg", "exp_avg_sq")
         names += ("max_exp_avg_sq",) if amsgrad else ()
