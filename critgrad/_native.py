@@ -1,14 +1,18 @@
-"""The eager step's memory work for float32 CPU tensors, in C: three calls per group and step.
+"""The eager step's memory work for float32 CPU tensors, in C.
 
 Written as torch operations, a group's step costs about a hundred small operations (admission,
 coefficients, bookkeeping) and ~14 passes over the gradients at the speed of a copy or below
-(see the README's Performance section). Here: :func:`plan` (admission and coefficients, from
-each tensor's own priorities, ages and counts), :func:`directions` (one pass) and, after the base
-step, :func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). Their
+(see the README's Performance section). Here, per group and step: :func:`plan` (admission and
+coefficients, from each tensor's own priorities, ages and counts), then either
+:func:`fused_step` (for torch's Adam, AdamW and SGD: the directions, the base's update and the
+memory's writes in one pass) or :func:`directions` (one pass), the base's own step and
+:func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). The memory's
 results are the torch path's bit for bit, but for the resync's sum over the stored rows, taken
-in row order (:file:`critgrad/_native.c` says why); the wrapper takes this path wherever
-:func:`takes` allows it (outside a traced step, every tensor a plain contiguous CPU tensor, the
-gradients, stores and sums float32, ``include_current=True``).
+in row order (:file:`critgrad/_native.c` says why); the base's update is the arithmetic of its
+for-loop implementation (equal to it for SGD; for Adam, within the rounding of torch's
+vectorized square root). The wrapper takes this path wherever :func:`takes` allows it (outside a
+traced step, every tensor a plain contiguous CPU tensor, the gradients, stores and sums
+float32, ``include_current=True``).
 
 The C file is compiled once per source, compiler and platform, with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``; OpenMP where it has it, so that the kernels share
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -211,22 +215,37 @@ def _plain_cpu(t: Tensor) -> bool:
     return type(t) in _PLAIN and t.is_cpu and t.is_contiguous()
 
 
-class Layout(NamedTuple):
-    """The data pointers of a group's memories, for the native kernels: built once, reused for
-    as long as the memories hold the same tensors."""
+_cache: dict[tuple[str, int], tuple[tuple[weakref.ref[Tensor], ...], tuple[int, ...], Any]] = {}
 
-    refs: tuple[weakref.ref[Tensor], ...]  # every memory tensor, in the order of _NAMES
+
+def _cached(kind: str, tensors: list[Tensor], build: Callable[[], Any]) -> Any:
+    """``build()`` for these tensors, kept while they are the same tensors at the same addresses
+    (the entry goes when the first of them does): what is built from them, the checks of their
+    dtypes and layouts and the arrays of their data pointers, is built once."""
+    key = (kind, id(tensors[0]))
+    cached = _cache.get(key)
+    if (
+        cached is not None
+        and len(cached[0]) == len(tensors)
+        and all(ref() is t for ref, t in zip(cached[0], tensors))
+        and all(t.data_ptr() == address for t, address in zip(tensors, cached[1]))
+    ):
+        return cached[2]
+    built = build()
+    if built is not None:
+        refs = tuple(weakref.ref(t) for t in tensors)
+        _cache[key] = (refs, tuple(t.data_ptr() for t in tensors), built)
+        weakref.finalize(tensors[0], _cache.pop, key, None)
+    return built
+
+
+class Layout(NamedTuple):
+    """The data pointers of a group's memories, for the native kernels."""
+
     capacity: int
     numel: ctypes.Array[ctypes.c_int64]
     offset: ctypes.Array[ctypes.c_int64]  # n + 1 prefix sums of numel
     pointers: dict[str, ctypes.Array[ctypes.c_void_p]]  # per name in _NAMES
-
-
-_layouts: dict[int, Layout] = {}
-
-
-def _forget(key: int) -> Any:
-    return lambda: _layouts.pop(key, None)
 
 
 def layout(memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
@@ -236,31 +255,19 @@ def layout(memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
     if torch.compiler.is_compiling() or not memories or not enabled():
         return None
     tensors = [m[name] for m in memories for name in _NAMES]
-    key = id(tensors[0])
-    cached = _layouts.get(key)
-    if (
-        cached is not None
-        and len(cached.refs) == len(tensors)
-        and all(ref() is t for ref, t in zip(cached.refs, tensors))
-    ):
-        return cached
     width = len(_NAMES)
-    for i, t in enumerate(tensors):
-        if t.dtype is not _DTYPES[i % width] or not _plain_cpu(t):
+
+    def build() -> Layout | None:
+        for i, t in enumerate(tensors):
+            if t.dtype is not _DTYPES[i % width] or not _plain_cpu(t):
+                return None
+        if not available():
             return None
-    if not available():
-        return None
-    numel, offset = _sizes(tensors[1::width])  # the sums: one gradient's shape each
-    built = Layout(
-        tuple(weakref.ref(t) for t in tensors),
-        tensors[0].shape[0],
-        numel,
-        offset,
-        {name: _pointers(tensors[i::width]) for i, name in enumerate(_NAMES)},
-    )
-    _layouts[key] = built
-    weakref.finalize(tensors[0], _forget(key))  # (the entry goes when its first tensor does)
-    return built
+        numel, offset = _sizes(tensors[1::width])  # the sums: one gradient's shape each
+        pointers = {name: _pointers(tensors[i::width]) for i, name in enumerate(_NAMES)}
+        return Layout(tensors[0].shape[0], numel, offset, pointers)
+
+    return cast("Layout | None", _cached("memory", tensors, build))
 
 
 def takes(grads: Sequence[Tensor], memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
@@ -449,15 +456,12 @@ def resync(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> bo
     return True
 
 
-_base_layouts: dict[int, tuple[tuple[weakref.ref[Tensor], ...], dict[str, Any]]] = {}
-
-
 def _base_pointers(
     state: Mapping[Tensor, Mapping[str, Any]], params: Sequence[Tensor], names: tuple[str, ...]
 ) -> dict[str, ctypes.Array[ctypes.c_void_p]] | None:
     """Data pointers of ``params`` ("param") and of their state entries ``names`` ("step": a
     one-element counter, the others: the parameter's size), all plain float32 CPU tensors; None
-    where an entry is missing or of another kind. Reused while the tensors are the same."""
+    where an entry is missing or of another kind."""
     tensors = []
     for p in params:
         entry = state.get(p)
@@ -469,30 +473,19 @@ def _base_pointers(
             if not isinstance(t, Tensor):
                 return None
             tensors.append(t)
-    key = id(tensors[0])
-    cached = _base_layouts.get(key)
-    if (
-        cached is not None
-        and len(cached[0]) == len(tensors)
-        and all(ref() is t for ref, t in zip(cached[0], tensors))
-    ):
-        return cached[1]
     width = len(names) + 1
-    for i in range(0, len(tensors), width):
-        size = tensors[i].numel()
-        for name, t in zip(("param", *names), tensors[i : i + width]):
-            if t.dtype is not torch.float32 or not _plain_cpu(t):
-                return None
-            if t.numel() != (1 if name == "step" else size):
-                return None
-    pointers = {name: _pointers(tensors[j::width]) for j, name in enumerate(("param", *names))}
-    _base_layouts[key] = (tuple(weakref.ref(t) for t in tensors), pointers)
-    weakref.finalize(tensors[0], _forget_base(key))
-    return pointers
 
+    def build() -> dict[str, ctypes.Array[ctypes.c_void_p]] | None:
+        for i in range(0, len(tensors), width):
+            size = tensors[i].numel()
+            for name, t in zip(("param", *names), tensors[i : i + width]):
+                if t.dtype is not torch.float32 or not _plain_cpu(t):
+                    return None
+                if t.numel() != (1 if name == "step" else size):
+                    return None
+        return {name: _pointers(tensors[j::width]) for j, name in enumerate(("param", *names))}
 
-def _forget_base(key: int) -> Any:
-    return lambda: _base_layouts.pop(key, None)
+    return cast("dict[str, ctypes.Array[ctypes.c_void_p]] | None", _cached("base", tensors, build))
 
 
 def _own_step(optimizer: torch.optim.Optimizer, kinds: tuple[type, ...]) -> bool:

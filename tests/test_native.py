@@ -334,6 +334,29 @@ def test_replaced_memory_tensors_are_used_not_the_old_ones(monkeypatch):
     assert 100.0 not in old
 
 
+@pytest.mark.parametrize("replace", ["object", "storage"])
+def test_replaced_base_state_is_used_not_the_old_one(replace, monkeypatch):
+    monkeypatch.setenv("CRITGRAD_NATIVE", "1")
+    p = nn.Parameter(torch.zeros(6))
+    opt = critgrad.Adam([p], lr=0.1, topC=2)
+    for step in range(3):  # the first is torch's own, the others fused
+        p.grad = torch.full((6,), float(step + 1))
+        opt.step()
+    old = opt.state[p]["exp_avg"]
+    kept = old.clone()
+    if replace == "object":
+        opt.state[p]["exp_avg"] = old.clone()
+    else:  # the same tensor object, its data elsewhere
+        old.set_(old.clone())
+    calls = N.calls
+    p.grad = torch.full((6,), 100.0)
+    opt.step()
+    assert N.calls == calls + 2  # (fused)
+    assert not torch.equal(opt.state[p]["exp_avg"], kept)  # the state read now was updated
+    if replace == "object":
+        assert torch.equal(old, kept)  # and the old tensor was not
+
+
 CASES_FOR_TORCH = [
     pytest.param(dict(dtype=torch.float64), dict(), id="float64"),
     pytest.param(dict(), dict(store_dtype=torch.bfloat16), id="bfloat16-store"),
