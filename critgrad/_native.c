@@ -1,12 +1,16 @@
-/* The memory's elementwise work on the CPU, for float32 gradients, sums and stores: each of the
- * two calls below is one pass over the tensors of a parameter group, where the same work as torch
- * operations takes several (torch.where, index_select, index_put_ and addcmul_ are separate
- * passes, and each direction a fresh buffer).
+/* The memory's work on the CPU, for float32 gradients, sums and stores, per parameter group:
+ * critgrad_plan (admission and coefficients), then either critgrad_adam / critgrad_sgd (the
+ * directions, the base's update and the slot writes in one pass over the tensors) or
+ * critgrad_directions (one pass), the base's own step and critgrad_finish (one pass); the same
+ * work as torch operations takes ~14 passes (torch.where, index_select, index_put_ and addcmul_
+ * are passes of their own, each direction a fresh buffer) and a hundred small operations.
  *
- * The arithmetic is torch's, operation for operation, each product and sum rounded to float32 on
- * its own (the build passes -ffp-contract=off: no fused multiply-add), so the directions and the
- * slot writes equal the torch path's bit for bit. Only the resync's sum over the C stored rows
- * has an order of its own (rows 0, 1, ..., C-1), where torch's reduction order is its own.
+ * The arithmetic is torch's, operation for operation, each product and sum rounded to float32
+ * where torch's CPU kernels round (fmaf where they fuse a multiply-add; the build passes
+ * -ffp-contract=off, so nothing else is fused), so the memory's values equal the torch path's
+ * bit for bit. Two exceptions: the resync's sum over the C stored rows is taken in row order
+ * (torch's reduction order is its own), and Adam's square root is correctly rounded (torch's
+ * vectorized one is not, always).
  *
  * Built and loaded by critgrad/_native.py (plain C, no torch or Python headers: it takes data
  * pointers, so one build serves every torch version), with OpenMP where the compiler has it.

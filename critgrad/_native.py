@@ -402,8 +402,23 @@ def finish(
     global calls
     library = cast(ctypes.CDLL, _library)
     found = decided.layout
-    keys = _float64s(keys)
     library.critgrad_finish(
+        *_memory_arguments(grads, keys, decided),
+        found.capacity,
+        RESYNC_PER_SLOT,
+        scale,
+        decay,
+        torch.get_num_threads(),
+    )
+    calls += 1
+
+
+def _memory_arguments(grads: Sequence[Tensor], keys: Tensor, decided: Plan) -> tuple[Any, ...]:
+    """The leading arguments of critgrad_finish, critgrad_adam and critgrad_sgd: the memories,
+    the gradients, the keys and the decisions."""
+    found = decided.layout
+    keys = _float64s(keys)
+    return (
         len(grads),
         found.pointers[STORE],
         found.pointers[SCALED_SUM],
@@ -419,13 +434,7 @@ def finish(
         decided.admit,
         decided.slot,
         decided.filled,
-        found.capacity,
-        RESYNC_PER_SLOT,
-        scale,
-        decay,
-        torch.get_num_threads(),
     )
-    calls += 1
 
 
 def resync(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> bool:
@@ -559,32 +568,13 @@ def fused_step(
     global calls
     library = cast(ctypes.CDLL, _library)
     found = decided.layout
-    keys = _float64s(keys)
     n = len(grads)
-    memory = (
-        found.pointers[STORE],
-        found.pointers[SCALED_SUM],
-        _pointers(grads),
-        found.numel,
-        found.offset,
-        found.pointers[PRIORITY],
-        found.pointers[AGE],
-        found.pointers[STATS],
-        found.pointers[KEY],
-        keys.data_ptr(),
-        keys.stride(0),
-        decided.admit,
-        decided.slot,
-        decided.filled,
-        decided.b,
-        decided.s,
-    )
+    memory = (*_memory_arguments(grads, keys, decided), decided.b, decided.s)
     pointers = base.pointers
     scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
     if base.kind == "adam":
         amsgrad, decoupled, maximize = base.flags
         library.critgrad_adam(
-            n,
             *memory,
             pointers["param"],
             pointers["exp_avg"],
@@ -605,7 +595,6 @@ def fused_step(
     else:
         momentum, nesterov, maximize = base.flags
         library.critgrad_sgd(
-            n,
             *memory,
             pointers["param"],
             pointers["momentum_buffer"] if momentum else None,
