@@ -55,6 +55,7 @@ from torch.optim.optimizer import (
     _stack_if_compiling,
 )
 
+from . import _native as N
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep, Resync, resync_or_defer_, run_deferred
@@ -374,6 +375,41 @@ class Adam_CM(Optimizer):
         # admission of this step's momenta, the weight of the stored sum in the aggregate.
         memories = [self.state[p] for p in params]
         keys = M.keys_from_norms(_norms(grads), group["key"])
+        scale = M.sum_scale(group["topC"])
+        common = dict(
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            foreach=foreach,
+        )
+        found = N.takes(exp_avgs, memories)
+        if found is not None:  # float32 on the CPU: the memory's work in native kernels
+            decided = N.plan(
+                keys,
+                found,
+                selection="critical",
+                seed=None,
+                per_tensor=group["key"] == "per_tensor",
+                aggr="sum",  # m + kappa * mean(B); m if empty
+                kappa=group["kappa"],
+                scale=scale,
+            )
+            adam_cm(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs,
+                steps,
+                aggregate=lambda momenta: N.directions(momenta, decided),
+                **common,
+            )
+            N.finish(exp_avgs, keys, decided, scale, group["decay"])
+            return
         priority, age, stats = (
             torch.stack([m[name].to(keys.device) for m in memories])
             for name in (PRIORITY, AGE, STATS)
@@ -388,18 +424,10 @@ class Adam_CM(Optimizer):
             max_exp_avg_sqs,
             steps,
             [m[SCALED_SUM] for m in memories],
-            _spread(c / M.sum_scale(group["topC"]), params),
-            amsgrad=group["amsgrad"],
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            foreach=foreach,
+            _spread(c / scale, params),
+            **common,
         )
         # Then the momenta m_t (not the aggregates) are offered, and the priorities decay.
-        scale = M.sum_scale(group["topC"])
         slots = _spread(slot[:, None], params)
         admits = _spread(admit, params)
         counts = _spread(stats[:, 0], params)
@@ -439,8 +467,8 @@ def adam_cm(
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
-    scaled_sums: list[Tensor],
-    sum_weights: list[Tensor],
+    scaled_sums: list[Tensor] | None = None,
+    sum_weights: list[Tensor] | None = None,
     *,
     amsgrad: bool,
     beta1: float,
@@ -450,20 +478,27 @@ def adam_cm(
     eps: float,
     maximize: bool,
     foreach: bool | None = None,
+    aggregate: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> list[Tensor]:
     """Functional Adam_CM update of ``params`` and their moments, in place; returns the aggregates.
 
     The aggregate of each tensor is ``m_t + w * T``, with T its memory's scaled sum
     (:func:`critgrad.memory.sum_scale` times the sum of the stored momenta) and w its 0-d
-    ``sum_weights`` entry (kappa / (n * scale), 0 for an empty memory). The memory itself is
-    not changed here.
+    ``sum_weights`` entry (kappa / (n * scale), 0 for an empty memory); or, where ``aggregate``
+    is given, ``aggregate(momenta)`` (the native kernels' directions). The memory itself is not
+    changed here.
     """
     if _foreach(foreach, params):
         update_first, update_rest = _multi_tensor_first_moment, _multi_tensor_rest
     else:
         update_first, update_rest = _single_tensor_first_moment, _single_tensor_rest
     update_first(params, grads, exp_avgs, state_steps, beta1, lr, weight_decay, maximize)
-    aggregates = M.directions(exp_avgs, scaled_sums, sum_weights, None)
+    if aggregate is not None:
+        aggregates = aggregate(exp_avgs)
+    elif scaled_sums is None or sum_weights is None:
+        raise ValueError("adam_cm needs scaled_sums and sum_weights, or aggregate")
+    else:
+        aggregates = M.directions(exp_avgs, scaled_sums, sum_weights, None)
     update_rest(
         params,
         aggregates,

@@ -151,6 +151,43 @@ def test_native_step_with_each_base_equals_torch_step(base, fused, exact, aggr, 
     assert_equal_or_close(native, torch_path, exact)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(topC=2),
+        dict(topC=2, amsgrad=True, weight_decay=0.1, key="per_tensor"),
+        dict(topC=2, foreach=True, maximize=True),
+        dict(topC=5, decay=0.9),
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_adam_cm_memory_in_native_kernels_equals_torch_path(options, monkeypatch):
+    """Adam_CM's memory of momenta: the same kernels (plan, directions of the momenta, finish)."""
+
+    def run(native):
+        monkeypatch.setenv("CRITGRAD_NATIVE", "1" if native else "0")
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 3))
+        opt = critgrad.Adam_CM(model.parameters(), lr=0.01, **options)
+        x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+        calls = N.calls
+        for step in range(30):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x * (1 + (step % 7) * 0.3)), y).backward()
+            opt.step()
+        tensors = [t.detach().clone() for t in model.parameters()]
+        tensors += [
+            v.clone() for st in opt.state.values() for v in st.values() if torch.is_tensor(v)
+        ]
+        return tensors, opt.memory_stats(), N.calls - calls
+
+    native, native_stats, calls = run(True)
+    torch_path, torch_stats, _ = run(False)
+    assert calls == 3 * 30
+    assert counts(native_stats) == counts(torch_stats)
+    assert_equal_or_close(native, torch_path, exact=options["topC"] <= 2)
+
+
 def test_fused_groups_and_groups_the_base_steps_together(monkeypatch):
     """A group without memory (kappa=0) is the base's; the other runs fused."""
 
