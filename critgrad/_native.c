@@ -127,6 +127,55 @@ INLINE void adam_body(const float *restrict g, float *restrict t, float *restric
 #undef ADAM_CASE
 }
 
+/* Adam_CM's update (critgrad.adam_cm's for-loop step) with the memory of momenta: the momentum
+ * m takes the gradient, the aggregate a = m + b * T drives the second moment and the step, and m
+ * (not a) is what the memory stores. */
+INLINE void adam_cm_loop(const float *restrict g, float *restrict t, float *restrict row,
+                         float *restrict p, float *restrict m, float *restrict v,
+                         float *restrict vmax, int64_t n, const AdamOptions *o, float b,
+                         float neg_step_size, float bc2_sqrt, const int amsgrad,
+                         const int admitted, float scale) {
+    const float sign = o->maximize ? -1.0f : 1.0f;
+    const float factor = o->weight_decay != 0.0f ? o->decay_factor : 1.0f; /* decoupled */
+    const float w1 = o->w1, beta2 = o->beta2, c2 = o->one_minus_beta2;
+    const int low = w1 < 0.5f;
+    for (int64_t j = 0; j < n; j++) {
+        float d = g[j] * sign;
+        float pj = p[j] * factor;
+        float mj = m[j];
+        float from_m = fmaf(w1, d - mj, mj), from_d = fmaf(w1 - 1.0f, d - mj, d);
+        mj = low ? from_m : from_d;
+        float a = fmaf(t[j], b, mj); /* torch.addcmul(m, T, b) */
+        float vj = fmaf(c2 * a, a, v[j] * beta2);
+        float second = vj;
+        if (amsgrad) {
+            float largest = vmax[j];
+            second = largest > vj ? largest : vj;
+            vmax[j] = second;
+        }
+        p[j] = pj + (neg_step_size * a) / (sqrtf(second) / bc2_sqrt + o->eps);
+        m[j] = mj;
+        v[j] = vj;
+        if (admitted) {
+            float old = row[j];
+            t[j] = (t[j] - old * scale) + mj * scale;
+            row[j] = mj;
+        }
+    }
+}
+
+INLINE void adam_cm_body(const float *restrict g, float *restrict t, float *restrict row,
+                         float *restrict p, float *restrict m, float *restrict v,
+                         float *restrict vmax, int64_t n, const AdamOptions *o, float b,
+                         float neg_step_size, float bc2_sqrt, int admitted, float scale) {
+#define CM_CASE(AMSGRAD, ADMITTED)                                                              \
+    if ((vmax != NULL) == AMSGRAD && (admitted != 0) == ADMITTED)                               \
+        return adam_cm_loop(g, t, row, p, m, v, vmax, n, o, b, neg_step_size, bc2_sqrt,        \
+                            AMSGRAD, ADMITTED, scale);
+    CM_CASE(0, 0) CM_CASE(0, 1) CM_CASE(1, 0) CM_CASE(1, 1)
+#undef CM_CASE
+}
+
 /* SGD's update (torch.optim.SGD's for-loop step, operation for operation) on the direction,
  * fused with the memory's slot write. */
 typedef struct {
@@ -180,6 +229,8 @@ typedef struct {
                  const AdamOptions *, float, float, int, float, float, int, float);
     void (*sgd)(const float *, float *, float *, float *, float *, int64_t, const SGDOptions *,
                 float, float, int, int, float);
+    void (*adam_cm)(const float *, float *, float *, float *, float *, float *, float *, int64_t,
+                    const AdamOptions *, float, float, float, int, float);
 } Kernels;
 
 #define KERNELS(NAME, TARGET)                                                                  \
@@ -211,9 +262,17 @@ typedef struct {
                                   int admitted, float scale) {                                 \
         sgd_body(g, t, row, p, buf, n, o, b, s, scaled, admitted, scale);                      \
     }                                                                                          \
+    TARGET static void adam_cm_##NAME(const float *g, float *t, float *row, float *p, float *m, \
+                                      float *v, float *vmax, int64_t n, const AdamOptions *o,  \
+                                      float b, float neg_step_size, float bc2_sqrt,            \
+                                      int admitted, float scale) {                             \
+        adam_cm_body(g, t, row, p, m, v, vmax, n, o, b, neg_step_size, bc2_sqrt, admitted,     \
+                     scale);                                                                   \
+    }                                                                                          \
     static const Kernels kernels_##NAME = {direction_##NAME, direction_scaled_##NAME,          \
                                            write_##NAME,     resync_##NAME,                    \
-                                           adam_##NAME,      sgd_##NAME};
+                                           adam_##NAME,      sgd_##NAME,                       \
+                                           adam_cm_##NAME};
 
 KERNELS(default, )
 
@@ -234,7 +293,7 @@ static const Kernels *kernels(void) {
 }
 
 typedef struct {
-    int kind; /* 0: directions, 1: slot writes, 2: Adam and slot writes, 3: SGD and slot writes */
+    int kind; /* 0: directions, 1: slot writes, 2: Adam, 3: SGD, 4: Adam_CM (with the writes) */
     int64_t n;
     float *const *g;
     float *const *t;
@@ -283,6 +342,11 @@ static void run_span(const Work *w) {
             k->sgd(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a,
                    w->v == NULL ? NULL : w->v[i] + a, z - a, w->sgd, w->b[i],
                    w->s == NULL ? 1.0f : w->s[i], w->s != NULL, w->admit[i], w->scale);
+        } else if (w->kind == 4) {
+            float *row = w->store[i] + w->slot[i] * w->numel[i];
+            k->adam_cm(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a, w->m[i] + a, w->v[i] + a,
+                       w->vmax == NULL ? NULL : w->vmax[i] + a, z - a, w->options, w->b[i],
+                       w->neg_step_size[i], w->bc2_sqrt[i], w->admit[i], w->scale);
         } else {
             float *row = w->store[i] + w->slot[i] * w->numel[i];
             k->adam(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a, w->m[i] + a, w->v[i] + a,
@@ -455,7 +519,8 @@ void critgrad_finish(int64_t n, float *const *store, float *const *t, float *con
 /* The whole step of a group whose base is torch's Adam or AdamW: each tensor's step counter
  * counts the step (steps[i], float32), Adam's update runs on the direction fused with the slot
  * writes, then the resyncs and the bookkeeping of critgrad_finish. adam_scalars holds lr, beta1,
- * beta2, eps and weight_decay; flags: decoupled weight decay, maximize. */
+ * beta2, eps and weight_decay; flags: decoupled weight decay, maximize, and momenta: Adam_CM's
+ * step instead (the memory holds momenta; its weight decay is decoupled). */
 void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const *g,
                    const int64_t *numel, const int64_t *offset, double *const *priority,
                    int64_t *const *age, int64_t *const *stats, double *const *key,
@@ -463,8 +528,8 @@ void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const
                    const int64_t *slot, const int64_t *filled, const float *b, const float *s,
                    float *const *p, float *const *m, float *const *v, float *const *vmax,
                    float *const *steps, const double *adam_scalars, int decoupled, int maximize,
-                   int64_t capacity, int64_t resync_per_slot, float scale, double decay,
-                   float *neg_step_size, float *bc2_sqrt, int threads) {
+                   int momenta, int64_t capacity, int64_t resync_per_slot, float scale,
+                   double decay, float *neg_step_size, float *bc2_sqrt, int threads) {
     double lr = adam_scalars[0], beta1 = adam_scalars[1], beta2 = adam_scalars[2];
     double eps = adam_scalars[3], weight_decay = adam_scalars[4];
     /* torch's Python scalars, as its float32 kernels receive them */
@@ -479,7 +544,7 @@ void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const
         neg_step_size[i] = (float)(-(lr / bias_correction1));
         bc2_sqrt[i] = (float)pow(bias_correction2, 0.5);
     }
-    Work work = {.kind = 2, .n = n, .g = g, .t = t, .store = store, .numel = numel,
+    Work work = {.kind = momenta ? 4 : 2, .n = n, .g = g, .t = t, .store = store, .numel = numel,
                  .offset = offset, .b = b, .s = s, .slot = slot, .admit = admit, .scale = scale,
                  .p = p, .m = m, .v = v, .vmax = vmax, .options = &options,
                  .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt};

@@ -176,7 +176,7 @@ def _load() -> ctypes.CDLL | None:
             + [pointer] * 10
             + [int64]
             + [pointer] * 11
-            + [ctypes.c_int, ctypes.c_int, int64, int64, float32, double]
+            + [ctypes.c_int, ctypes.c_int, ctypes.c_int, int64, int64, float32, double]
             + [pointer, pointer, ctypes.c_int],
             "critgrad_finish": [int64]
             + [pointer] * 10
@@ -506,7 +506,7 @@ class BaseTensors(NamedTuple):
     """What torch's Adam or SGD keeps for the n tensors of a group (as data pointers), and its
     hyperparameters for this step."""
 
-    kind: str  # "adam" or "sgd"
+    kind: str  # "adam", "sgd" or "adam_cm" (critgrad.Adam_CM: the memory holds momenta)
     pointers: dict[str, ctypes.Array[ctypes.c_void_p]]
     scalars: tuple[float, ...]  # adam: lr, beta1, beta2, eps, weight_decay; sgd: lr,
     # weight_decay, momentum, dampening
@@ -553,6 +553,24 @@ def base_tensors(
     return BaseTensors(kind, pointers, tuple(float(x) for x in scalars), flags)
 
 
+def adam_cm_tensors(
+    state: Mapping[Tensor, Mapping[str, Any]], group: Mapping[str, Any], params: Sequence[Tensor]
+) -> BaseTensors | None:
+    """Adam_CM's state of ``params`` for :func:`fused_step` (plain float32 CPU tensors, numbers
+    for the hyperparameters), or None."""
+    betas = group["betas"]
+    scalars = (group["lr"], betas[0], betas[1], group["eps"], group["weight_decay"])
+    if not params or not all(type(x) in (float, int) for x in scalars):
+        return None
+    amsgrad = bool(group["amsgrad"])
+    names = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+    pointers = _base_pointers(state, params, names)
+    if pointers is None:
+        return None
+    flags = (amsgrad, True, bool(group["maximize"]))
+    return BaseTensors("adam_cm", pointers, tuple(float(x) for x in scalars), flags)
+
+
 def fused_step(
     grads: Sequence[Tensor],
     keys: Tensor,
@@ -564,7 +582,9 @@ def fused_step(
     """The whole step of a group whose base is torch's Adam, AdamW or SGD, in one pass over the
     tensors: the directions, the base's update on them (as torch's for-loop implementation
     computes it, in float32; Adam's step counters count the step), the slot writes and running
-    sums; then the resyncs and the bookkeeping of :func:`finish`."""
+    sums; then the resyncs and the bookkeeping of :func:`finish`. With Adam_CM's state, its step
+    (:func:`critgrad.adam_cm.adam_cm`): the memory takes the new momenta, ``grads`` are the raw
+    gradients."""
     global calls
     library = cast(ctypes.CDLL, _library)
     found = decided.layout
@@ -572,7 +592,7 @@ def fused_step(
     memory = (*_memory_arguments(grads, keys, decided), decided.b, decided.s)
     pointers = base.pointers
     scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
-    if base.kind == "adam":
+    if base.kind in ("adam", "adam_cm"):
         amsgrad, decoupled, maximize = base.flags
         library.critgrad_adam(
             *memory,
@@ -584,6 +604,7 @@ def fused_step(
             scalars,
             decoupled,
             maximize,
+            base.kind == "adam_cm",
             found.capacity,
             RESYNC_PER_SLOT,
             scale,

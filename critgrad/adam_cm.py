@@ -386,8 +386,10 @@ class Adam_CM(Optimizer):
             maximize=group["maximize"],
             foreach=foreach,
         )
-        found = N.takes(exp_avgs, memories)
-        if found is not None:  # float32 on the CPU: the memory's work in native kernels
+        found = N.takes(grads, memories)
+        state = N.adam_cm_tensors(self.state, group, params) if found is not None else None
+        if found is not None and state is not None:
+            # float32 on the CPU: the whole step in native kernels, one pass over the tensors
             decided = N.plan(
                 keys,
                 found,
@@ -398,17 +400,7 @@ class Adam_CM(Optimizer):
                 kappa=group["kappa"],
                 scale=scale,
             )
-            adam_cm(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                max_exp_avg_sqs,
-                steps,
-                aggregate=lambda momenta: N.directions(momenta, decided),
-                **common,
-            )
-            N.finish(exp_avgs, keys, decided, scale, group["decay"])
+            N.fused_step(grads, keys, decided, state, scale, group["decay"])
             return
         priority, age, stats = (
             torch.stack([m[name].to(keys.device) for m in memories])
@@ -467,8 +459,8 @@ def adam_cm(
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
-    scaled_sums: list[Tensor] | None = None,
-    sum_weights: list[Tensor] | None = None,
+    scaled_sums: list[Tensor],
+    sum_weights: list[Tensor],
     *,
     amsgrad: bool,
     beta1: float,
@@ -478,27 +470,20 @@ def adam_cm(
     eps: float,
     maximize: bool,
     foreach: bool | None = None,
-    aggregate: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> list[Tensor]:
     """Functional Adam_CM update of ``params`` and their moments, in place; returns the aggregates.
 
     The aggregate of each tensor is ``m_t + w * T``, with T its memory's scaled sum
     (:func:`critgrad.memory.sum_scale` times the sum of the stored momenta) and w its 0-d
-    ``sum_weights`` entry (kappa / (n * scale), 0 for an empty memory); or, where ``aggregate``
-    is given, ``aggregate(momenta)`` (the native kernels' directions). The memory itself is not
-    changed here.
+    ``sum_weights`` entry (kappa / (n * scale), 0 for an empty memory). The memory itself is
+    not changed here.
     """
     if _foreach(foreach, params):
         update_first, update_rest = _multi_tensor_first_moment, _multi_tensor_rest
     else:
         update_first, update_rest = _single_tensor_first_moment, _single_tensor_rest
     update_first(params, grads, exp_avgs, state_steps, beta1, lr, weight_decay, maximize)
-    if aggregate is not None:
-        aggregates = aggregate(exp_avgs)
-    elif scaled_sums is None or sum_weights is None:
-        raise ValueError("adam_cm needs scaled_sums and sum_weights, or aggregate")
-    else:
-        aggregates = M.directions(exp_avgs, scaled_sums, sum_weights, None)
+    aggregates = M.directions(exp_avgs, scaled_sums, sum_weights, None)
     update_rest(
         params,
         aggregates,

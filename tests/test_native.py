@@ -162,7 +162,8 @@ def test_native_step_with_each_base_equals_torch_step(base, fused, exact, aggr, 
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_adam_cm_memory_in_native_kernels_equals_torch_path(options, monkeypatch):
-    """Adam_CM's memory of momenta: the same kernels (plan, directions of the momenta, finish)."""
+    """Adam_CM's whole step in the native kernels (its memory holds momenta): within rounding of
+    the torch path (torch's square root), with the same decisions."""
 
     def run(native):
         monkeypatch.setenv("CRITGRAD_NATIVE", "1" if native else "0")
@@ -183,9 +184,9 @@ def test_adam_cm_memory_in_native_kernels_equals_torch_path(options, monkeypatch
 
     native, native_stats, calls = run(True)
     torch_path, torch_stats, _ = run(False)
-    assert calls == 3 * 30
+    assert calls == 2 * 30  # plan, then one pass
     assert counts(native_stats) == counts(torch_stats)
-    assert_equal_or_close(native, torch_path, exact=options["topC"] <= 2)
+    assert_equal_or_close(native, torch_path, exact=False)
 
 
 def test_fused_groups_and_groups_the_base_steps_together(monkeypatch):
