@@ -351,7 +351,16 @@ class Adam_CM(Optimizer):
         deferred: list[Resync] | None = None,
     ) -> None:
         beta1, beta2 = group["betas"]
-        foreach = _foreach(group["foreach"], params)
+        hyperparameters = dict(
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            foreach=_foreach(group["foreach"], params),
+        )
         if group["kappa"] == 0:  # torch.optim.AdamW's step, by torch's own function
             _torch_adam(
                 params,
@@ -360,15 +369,8 @@ class Adam_CM(Optimizer):
                 exp_avg_sqs,
                 max_exp_avg_sqs,
                 steps,
-                foreach=foreach,
                 decoupled_weight_decay=True,
-                amsgrad=group["amsgrad"],
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
+                **hyperparameters,
             )
             return
         # Decide the memory's part before anything changes: keys of the raw gradients, the
@@ -376,16 +378,6 @@ class Adam_CM(Optimizer):
         memories = [self.state[p] for p in params]
         keys = M.keys_from_norms(_norms(grads), group["key"])
         scale = M.sum_scale(group["topC"])
-        common = dict(
-            amsgrad=group["amsgrad"],
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            foreach=foreach,
-        )
         found = N.takes(grads, memories)
         state = N.adam_cm_tensors(self.state, group, params) if found is not None else None
         if found is not None and state is not None:
@@ -417,7 +409,7 @@ class Adam_CM(Optimizer):
             steps,
             [m[SCALED_SUM] for m in memories],
             _spread(c / scale, params),
-            **common,
+            **hyperparameters,
         )
         # Then the momenta m_t (not the aggregates) are offered, and the priorities decay.
         slots = _spread(slot[:, None], params)
