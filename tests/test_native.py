@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -31,8 +32,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # torch's CPU kernels round a * b + c once (a fused multiply-add) where they are built for these
-# instruction sets; the native kernels always do.
+# instruction sets; the native kernels always do. Elsewhere every such operation differs by up
+# to one rounding, and 40 steps of RMSprop or Adam amplify that where a second moment is small.
 FMA_IN_TORCH = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+TOLERANCE = dict(rtol=1e-5, atol=1e-6) if FMA_IN_TORCH else dict(rtol=1e-4, atol=2e-5)
 
 
 def train(native, monkeypatch, steps=40, nan_at=None, threads=1, width=30, **options):
@@ -73,6 +76,34 @@ def same(a, b):
     ) and len(a) == len(b)
 
 
+def assert_equal_or_close(native, torch_path, exact):
+    if exact and FMA_IN_TORCH:
+        assert same(native, torch_path)
+    else:
+        for x, y in zip(native, torch_path):
+            torch.testing.assert_close(x, y, equal_nan=True, **TOLERANCE)
+
+
+def counts(stats):
+    """The statistics that count decisions (the others are floats: priorities, keys)."""
+    return [{k: v for k, v in group.items() if isinstance(v, int)} for group in stats]
+
+
+def assert_same_stats(native, torch_path):
+    """The same statistics; where the values may differ by roundings, the same decisions."""
+    if FMA_IN_TORCH:
+        assert native == torch_path
+    else:
+        assert counts(native) == counts(torch_path)
+        for a, b in zip(native, torch_path):
+            assert a.keys() == b.keys()
+            for name, value in a.items():
+                if isinstance(value, float):
+                    assert math.isclose(value, b[name], rel_tol=1e-4), name
+                else:
+                    assert value == b[name], name
+
+
 OPTIONS = [
     dict(selection=selection, key=key, aggr=aggr, topC=topC, decay=0.9, nan_at=nan_at)
     for selection, key, aggr, topC, nan_at in itertools.chain(
@@ -99,25 +130,8 @@ def test_native_step_equals_torch_step(options, monkeypatch):
     # The first step is the base's own (it creates its state): plan, directions, finish; then
     # SGD's update runs fused with the memory's: plan, then one pass.
     assert calls == 3 + 2 * 39 and torch_calls == 0
-    assert native_stats == torch_stats
-    if FMA_IN_TORCH:
-        assert same(native, torch_path)
-    else:
-        for x, y in zip(native, torch_path):
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
-
-
-def assert_equal_or_close(native, torch_path, exact):
-    if exact and FMA_IN_TORCH:
-        assert same(native, torch_path)
-    else:
-        for x, y in zip(native, torch_path):
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
-
-
-def counts(stats):
-    """The statistics that count decisions (the others are floats: priorities, keys)."""
-    return [{k: v for k, v in group.items() if isinstance(v, int)} for group in stats]
+    assert_same_stats(native_stats, torch_stats)
+    assert_equal_or_close(native, torch_path, exact=True)
 
 
 # (base, whether its update runs fused with the memory's, whether that equals torch bit for bit)
@@ -248,13 +262,11 @@ def test_fused_step_resumes_exactly(monkeypatch):
 def test_larger_memories_differ_only_by_the_resync_order(topC, monkeypatch):
     native, native_stats, _ = train(True, monkeypatch, topC=topC, decay=0.9)
     torch_path, torch_stats, _ = train(False, monkeypatch, topC=topC, decay=0.9)
-    for a, b in zip(native_stats, torch_stats):  # the same decisions, keys within rounding
-        assert {k: v for k, v in a.items() if isinstance(v, int)} == {
-            k: v for k, v in b.items() if isinstance(v, int)
-        }
-        assert a == pytest.approx(b, rel=1e-6)
-    for x, y in zip(native, torch_path):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    # the same decisions, keys and values within rounding
+    assert counts(native_stats) == counts(torch_stats)
+    for a, b in zip(native_stats, torch_stats):
+        assert a == pytest.approx(b, rel=1e-6 if FMA_IN_TORCH else 1e-4)
+    assert_equal_or_close(native, torch_path, exact=False)
 
 
 def one_group_step(memories, grads, keys, threads):
