@@ -75,7 +75,7 @@ INLINE void adam_loop(const float *restrict g, float *restrict t, float *restric
                       float *restrict p, float *restrict m, float *restrict v,
                       float *restrict vmax, int64_t n, const AdamOptions *o, float b, float s,
                       const int scaled, float neg_step_size, float bc2_sqrt, const int l2,
-                      const int amsgrad, const int admitted, float scale) {
+                      const int amsgrad, const int admitted, const int momenta, float scale) {
     /* (the const int arguments are constants where this is inlined: one loop per case) */
     const float sign = o->maximize ? -1.0f : 1.0f;
     /* decoupled weight decay multiplies the parameter (by exactly 1 where there is none) */
@@ -84,13 +84,16 @@ INLINE void adam_loop(const float *restrict g, float *restrict t, float *restric
     const int low = w1 < 0.5f; /* torch's lerp: fma(w, d - m, m), or fma(w - 1, d - m, d) */
     for (int64_t j = 0; j < n; j++) {
         float gj = g[j];
-        float d = (scaled ? fmaf(gj, s, t[j] * b) : fmaf(t[j], b, gj)) * sign;
+        /* Adam's moments take the direction; Adam_CM's momentum takes the gradient */
+        float d = (momenta ? gj : scaled ? fmaf(gj, s, t[j] * b) : fmaf(t[j], b, gj)) * sign;
         float pj = p[j] * factor;
         if (l2) d = fmaf(pj, o->weight_decay, d);
         float mj = m[j];
         float from_m = fmaf(w1, d - mj, mj), from_d = fmaf(w1 - 1.0f, d - mj, d);
         mj = low ? from_m : from_d;
-        float vj = fmaf(c2 * d, d, v[j] * beta2); /* torch's addcmul_(d, d, value=c2) */
+        /* Adam_CM: the aggregate m + b * T (torch.addcmul(m, T, b)) drives v and the step */
+        float x = momenta ? fmaf(t[j], b, mj) : d;
+        float vj = fmaf(c2 * x, x, v[j] * beta2); /* torch's addcmul_(x, x, value=c2) */
         float second = vj;
         if (amsgrad) {
             float largest = vmax[j];
@@ -98,13 +101,14 @@ INLINE void adam_loop(const float *restrict g, float *restrict t, float *restric
             vmax[j] = second;
         }
         /* torch's addcdiv_(m, denominator, value): p + (value * m) / denominator */
-        p[j] = pj + (neg_step_size * mj) / (sqrtf(second) / bc2_sqrt + o->eps);
+        p[j] = pj + (neg_step_size * (momenta ? x : mj)) / (sqrtf(second) / bc2_sqrt + o->eps);
         m[j] = mj;
         v[j] = vj;
-        if (admitted) {
+        if (admitted) { /* the memory takes the gradient (Adam) or the momentum (Adam_CM) */
+            float entry = momenta ? mj : gj;
             float old = row[j];
-            t[j] = (t[j] - old * scale) + gj * scale;
-            row[j] = gj;
+            t[j] = (t[j] - old * scale) + entry * scale;
+            row[j] = entry;
         }
     }
 }
@@ -112,68 +116,21 @@ INLINE void adam_loop(const float *restrict g, float *restrict t, float *restric
 INLINE void adam_body(const float *restrict g, float *restrict t, float *restrict row,
                       float *restrict p, float *restrict m, float *restrict v,
                       float *restrict vmax, int64_t n, const AdamOptions *o, float b, float s,
-                      int scaled, float neg_step_size, float bc2_sqrt, int admitted,
+                      int scaled, float neg_step_size, float bc2_sqrt, int admitted, int momenta,
                       float scale) {
     int l2 = !o->decoupled && o->weight_decay != 0.0f;
-#define ADAM_CASE(SCALED, L2, AMSGRAD, ADMITTED)                                                 \
-    if (scaled == SCALED && l2 == L2 && (vmax != NULL) == AMSGRAD && (admitted != 0) == ADMITTED) \
+#define ADAM_CASE(SCALED, L2, AMSGRAD, ADMITTED, MOMENTA)                                        \
+    if (scaled == SCALED && l2 == L2 && (vmax != NULL) == AMSGRAD &&                             \
+        (admitted != 0) == ADMITTED && (momenta != 0) == MOMENTA)                                \
         return adam_loop(g, t, row, p, m, v, vmax, n, o, b, s, SCALED, neg_step_size, bc2_sqrt, \
-                         L2, AMSGRAD, ADMITTED, scale);
-#define ADAM_CASES(SCALED, L2)                                                                 \
-    ADAM_CASE(SCALED, L2, 0, 0) ADAM_CASE(SCALED, L2, 0, 1) ADAM_CASE(SCALED, L2, 1, 0)       \
-    ADAM_CASE(SCALED, L2, 1, 1)
-    ADAM_CASES(0, 0) ADAM_CASES(0, 1) ADAM_CASES(1, 0) ADAM_CASES(1, 1)
+                         L2, AMSGRAD, ADMITTED, MOMENTA, scale);
+#define ADAM_CASES(SCALED, L2, MOMENTA)                                                        \
+    ADAM_CASE(SCALED, L2, 0, 0, MOMENTA) ADAM_CASE(SCALED, L2, 0, 1, MOMENTA)                 \
+    ADAM_CASE(SCALED, L2, 1, 0, MOMENTA) ADAM_CASE(SCALED, L2, 1, 1, MOMENTA)
+    ADAM_CASES(0, 0, 0) ADAM_CASES(0, 1, 0) ADAM_CASES(1, 0, 0) ADAM_CASES(1, 1, 0)
+    ADAM_CASES(0, 0, 1) /* Adam_CM: weight decay decoupled, the aggregate a plain sum (s = 1) */
 #undef ADAM_CASES
 #undef ADAM_CASE
-}
-
-/* Adam_CM's update (critgrad.adam_cm's for-loop step) with the memory of momenta: the momentum
- * m takes the gradient, the aggregate a = m + b * T drives the second moment and the step, and m
- * (not a) is what the memory stores. */
-INLINE void adam_cm_loop(const float *restrict g, float *restrict t, float *restrict row,
-                         float *restrict p, float *restrict m, float *restrict v,
-                         float *restrict vmax, int64_t n, const AdamOptions *o, float b,
-                         float neg_step_size, float bc2_sqrt, const int amsgrad,
-                         const int admitted, float scale) {
-    const float sign = o->maximize ? -1.0f : 1.0f;
-    const float factor = o->weight_decay != 0.0f ? o->decay_factor : 1.0f; /* decoupled */
-    const float w1 = o->w1, beta2 = o->beta2, c2 = o->one_minus_beta2;
-    const int low = w1 < 0.5f;
-    for (int64_t j = 0; j < n; j++) {
-        float d = g[j] * sign;
-        float pj = p[j] * factor;
-        float mj = m[j];
-        float from_m = fmaf(w1, d - mj, mj), from_d = fmaf(w1 - 1.0f, d - mj, d);
-        mj = low ? from_m : from_d;
-        float a = fmaf(t[j], b, mj); /* torch.addcmul(m, T, b) */
-        float vj = fmaf(c2 * a, a, v[j] * beta2);
-        float second = vj;
-        if (amsgrad) {
-            float largest = vmax[j];
-            second = largest > vj ? largest : vj;
-            vmax[j] = second;
-        }
-        p[j] = pj + (neg_step_size * a) / (sqrtf(second) / bc2_sqrt + o->eps);
-        m[j] = mj;
-        v[j] = vj;
-        if (admitted) {
-            float old = row[j];
-            t[j] = (t[j] - old * scale) + mj * scale;
-            row[j] = mj;
-        }
-    }
-}
-
-INLINE void adam_cm_body(const float *restrict g, float *restrict t, float *restrict row,
-                         float *restrict p, float *restrict m, float *restrict v,
-                         float *restrict vmax, int64_t n, const AdamOptions *o, float b,
-                         float neg_step_size, float bc2_sqrt, int admitted, float scale) {
-#define CM_CASE(AMSGRAD, ADMITTED)                                                              \
-    if ((vmax != NULL) == AMSGRAD && (admitted != 0) == ADMITTED)                               \
-        return adam_cm_loop(g, t, row, p, m, v, vmax, n, o, b, neg_step_size, bc2_sqrt,        \
-                            AMSGRAD, ADMITTED, scale);
-    CM_CASE(0, 0) CM_CASE(0, 1) CM_CASE(1, 0) CM_CASE(1, 1)
-#undef CM_CASE
 }
 
 /* SGD's update (torch.optim.SGD's for-loop step, operation for operation) on the direction,
@@ -226,11 +183,9 @@ typedef struct {
     void (*write)(float *, float *, const float *, int64_t, float);
     void (*resync)(const float *, float *, int64_t, int64_t, int64_t, int64_t, float);
     void (*adam)(const float *, float *, float *, float *, float *, float *, float *, int64_t,
-                 const AdamOptions *, float, float, int, float, float, int, float);
+                 const AdamOptions *, float, float, int, float, float, int, int, float);
     void (*sgd)(const float *, float *, float *, float *, float *, int64_t, const SGDOptions *,
                 float, float, int, int, float);
-    void (*adam_cm)(const float *, float *, float *, float *, float *, float *, float *, int64_t,
-                    const AdamOptions *, float, float, float, int, float);
 } Kernels;
 
 #define KERNELS(NAME, TARGET)                                                                  \
@@ -253,26 +208,18 @@ typedef struct {
     TARGET static void adam_##NAME(const float *g, float *t, float *row, float *p, float *m,    \
                                    float *v, float *vmax, int64_t n, const AdamOptions *o,     \
                                    float b, float s, int scaled, float neg_step_size,          \
-                                   float bc2_sqrt, int admitted, float scale) {                \
+                                   float bc2_sqrt, int admitted, int momenta, float scale) {   \
         adam_body(g, t, row, p, m, v, vmax, n, o, b, s, scaled, neg_step_size, bc2_sqrt,       \
-                  admitted, scale);                                                            \
+                  admitted, momenta, scale);                                                   \
     }                                                                                          \
     TARGET static void sgd_##NAME(const float *g, float *t, float *row, float *p, float *buf,   \
                                   int64_t n, const SGDOptions *o, float b, float s, int scaled, \
                                   int admitted, float scale) {                                 \
         sgd_body(g, t, row, p, buf, n, o, b, s, scaled, admitted, scale);                      \
     }                                                                                          \
-    TARGET static void adam_cm_##NAME(const float *g, float *t, float *row, float *p, float *m, \
-                                      float *v, float *vmax, int64_t n, const AdamOptions *o,  \
-                                      float b, float neg_step_size, float bc2_sqrt,            \
-                                      int admitted, float scale) {                             \
-        adam_cm_body(g, t, row, p, m, v, vmax, n, o, b, neg_step_size, bc2_sqrt, admitted,     \
-                     scale);                                                                   \
-    }                                                                                          \
     static const Kernels kernels_##NAME = {direction_##NAME, direction_scaled_##NAME,          \
                                            write_##NAME,     resync_##NAME,                    \
-                                           adam_##NAME,      sgd_##NAME,                       \
-                                           adam_cm_##NAME};
+                                           adam_##NAME,      sgd_##NAME};
 
 KERNELS(default, )
 
@@ -342,17 +289,12 @@ static void run_span(const Work *w) {
             k->sgd(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a,
                    w->v == NULL ? NULL : w->v[i] + a, z - a, w->sgd, w->b[i],
                    w->s == NULL ? 1.0f : w->s[i], w->s != NULL, w->admit[i], w->scale);
-        } else if (w->kind == 4) {
-            float *row = w->store[i] + w->slot[i] * w->numel[i];
-            k->adam_cm(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a, w->m[i] + a, w->v[i] + a,
-                       w->vmax == NULL ? NULL : w->vmax[i] + a, z - a, w->options, w->b[i],
-                       w->neg_step_size[i], w->bc2_sqrt[i], w->admit[i], w->scale);
-        } else {
+        } else { /* 2: Adam, 4: Adam_CM */
             float *row = w->store[i] + w->slot[i] * w->numel[i];
             k->adam(w->g[i] + a, w->t[i] + a, row + a, w->p[i] + a, w->m[i] + a, w->v[i] + a,
                     w->vmax == NULL ? NULL : w->vmax[i] + a, z - a, w->options, w->b[i],
                     w->s == NULL ? 1.0f : w->s[i], w->s != NULL, w->neg_step_size[i],
-                    w->bc2_sqrt[i], w->admit[i], w->scale);
+                    w->bc2_sqrt[i], w->admit[i], w->kind == 4, w->scale);
         }
     }
 }

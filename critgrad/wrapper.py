@@ -536,12 +536,7 @@ class CriticalGradients(Optimizer):
         del directions
         # The one moment the memory changes: after the base step succeeded.
         for plan, raw, pairs, base in zip(plans, raws, scratch, fused):
-            if base is not None:
-                decision = cast(N.Plan, plan.decision)
-                scale = M.sum_scale(plan.group["topC"])
-                N.fused_step(raw, plan.keys, decision, base, scale, plan.group["decay"])
-            else:
-                self._commit(plan, raw, pairs, deferred)
+            self._commit(plan, raw, pairs, deferred, base)
 
     def _commit(
         self,
@@ -549,12 +544,19 @@ class CriticalGradients(Optimizer):
         grads: list[Tensor],
         scratch: list[Tensor | None] | None = None,
         deferred: list[Resync] | None = None,
+        base: N.BaseTensors | None = None,
     ) -> None:
-        """Write the admitted gradients, bound the sums' drift, update the bookkeeping."""
+        """Write the admitted gradients, bound the sums' drift, update the bookkeeping; for a
+        group whose ``base`` update is fused with the memory's, run that update first, in the
+        same pass."""
         scale = M.sum_scale(plan.group["topC"])
         memories, decision = plan.memories, plan.decision
         if isinstance(decision, N.Plan):
-            N.finish(grads, plan.keys, decision, scale, plan.group["decay"])
+            decay = plan.group["decay"]
+            if base is not None:
+                N.fused_step(grads, plan.keys, decision, base, scale, decay)
+            else:
+                N.finish(grads, plan.keys, decision, scale, decay)
             return
         slots = _spread(decision.slot[:, None], plan.params)
         admits = _spread(decision.admit, plan.params)
@@ -593,12 +595,12 @@ class CriticalGradients(Optimizer):
 def _directions(plan: _Plan, pairs: list[Tensor | None]) -> list[Tensor]:
     """The plan's directions: computed before (memory alone), by the native kernel, or by torch
     operations into row 0 of each scratch pair where there is one."""
-    sums = [m[SCALED_SUM] for m in plan.memories]
     decision = plan.decision
     if isinstance(decision, N.Plan):
         return N.directions(plan.grads, decision)
     if decision.directions is not None:
         return decision.directions
+    sums = [m[SCALED_SUM] for m in plan.memories]
     out = [None if pair is None else pair[0] for pair in pairs]
     return M.directions(plan.grads, sums, decision.b, decision.s, out)
 
