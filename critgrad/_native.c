@@ -8,9 +8,10 @@
  * The arithmetic is torch's, operation for operation, each product and sum rounded to float32
  * where torch's CPU kernels round (fmaf where they fuse a multiply-add; the build passes
  * -ffp-contract=off, so nothing else is fused), so the memory's values equal the torch path's
- * bit for bit. Two exceptions: the resync's sum over the C stored rows is taken in row order
- * (torch's reduction order is its own), and Adam's square root is correctly rounded (torch's
- * vectorized one is not, always).
+ * bit for bit. Three exceptions, where torch's reduction order is its own: the gradients' norms
+ * (here summed in float64 in a fixed order, whatever the threads, then rounded to float32 as
+ * torch's are), the resync's sum over the C stored rows (taken in row order), and Adam's square
+ * root (correctly rounded here; torch's vectorized one is not, always).
  *
  * Built and loaded by critgrad/_native.py (plain C, no torch or Python headers: it takes data
  * pointers, so one build serves every torch version), with OpenMP where the compiler has it.
@@ -18,14 +19,37 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Parallel work is split in spans of the group's elements taken as one concatenated range. */
 #define MIN_PER_THREAD (1 << 16)
+/* A gradient's sum of squares is summed per chunk of this many elements, then over the chunks
+ * in order: the same value whatever the number of threads. */
+#define NORM_CHUNK (1 << 16)
 
 /* The loops, written once and compiled once per instruction set below (always inlined into a
  * function of each target): fmaf is one instruction where the CPU has FMA, and the same value,
  * computed in software, where it has not, so every variant gives the same bits. */
 #define INLINE static inline __attribute__((always_inline))
+
+INLINE double sum_of_squares_body(const float *restrict g, int64_t n) {
+    /* Sixteen running sums, lane j % 16 taking element j: each product of two floats is exact
+     * in float64 and the order of the additions is fixed, so every CPU gives the same bits. */
+    double lane[16] = {0.0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) {
+            double x = (double)g[j + k];
+            lane[k] += x * x;
+        }
+    for (int k = 0; j < n; j++, k++) {
+        double x = (double)g[j];
+        lane[k] += x * x;
+    }
+    for (int width = 8; width >= 1; width /= 2)
+        for (int k = 0; k < width; k++) lane[k] += lane[k + width];
+    return lane[0];
+}
 
 INLINE void direction_body(const float *restrict g, const float *restrict t, float *restrict d,
                            int64_t n, float b) {
@@ -178,6 +202,7 @@ INLINE void sgd_body(const float *restrict g, float *restrict t, float *restrict
 }
 
 typedef struct {
+    double (*sum_of_squares)(const float *, int64_t);
     void (*direction)(const float *, const float *, float *, int64_t, float);
     void (*direction_scaled)(const float *, const float *, float *, int64_t, float, float);
     void (*write)(float *, float *, const float *, int64_t, float);
@@ -189,6 +214,9 @@ typedef struct {
 } Kernels;
 
 #define KERNELS(NAME, TARGET)                                                                  \
+    TARGET static double sum_of_squares_##NAME(const float *g, int64_t n) {                    \
+        return sum_of_squares_body(g, n);                                                      \
+    }                                                                                          \
     TARGET static void direction_##NAME(const float *g, const float *t, float *d, int64_t n,   \
                                         float b) {                                             \
         direction_body(g, t, d, n, b);                                                         \
@@ -217,9 +245,10 @@ typedef struct {
                                   int admitted, float scale) {                                 \
         sgd_body(g, t, row, p, buf, n, o, b, s, scaled, admitted, scale);                      \
     }                                                                                          \
-    static const Kernels kernels_##NAME = {direction_##NAME, direction_scaled_##NAME,          \
-                                           write_##NAME,     resync_##NAME,                    \
-                                           adam_##NAME,      sgd_##NAME};
+    static const Kernels kernels_##NAME = {sum_of_squares_##NAME, direction_##NAME,            \
+                                           direction_scaled_##NAME, write_##NAME,              \
+                                           resync_##NAME,           adam_##NAME,               \
+                                           sgd_##NAME};
 
 KERNELS(default, )
 
@@ -381,16 +410,93 @@ static uint32_t hash32(uint32_t x) {
 
 static int is_finite(double x) { return x - x == 0.0; }
 
-/* For each of n tensors: admit[i], slot[i], filled[i] (entries before this step) and the
- * direction's coefficients b[i], s[i] (s NULL for aggr "sum", where s is 1). */
-void critgrad_plan(int64_t n, const double *keys, int64_t keys_stride, double *const *priority,
-                   int64_t *const *age,
-                   int64_t *const *stats, int64_t capacity, int selection, uint64_t seed,
-                   int per_tensor_streams, int aggr, double kappa, double scale, uint8_t *admit,
-                   int64_t *slot, int64_t *filled, float *b, float *s) {
+enum { SUM_OF_NORMS = 0, PER_TENSOR = 1, GLOBAL_NORM = 2 };
+
+static int64_t chunks_of(int64_t size) { return (size + NORM_CHUNK - 1) / NORM_CHUNK; }
+
+static double chunk_sum_of_squares(const Kernels *k, const float *g, int64_t size, int64_t c) {
+    int64_t a = c * NORM_CHUNK;
+    return k->sum_of_squares(g + a, size - a < NORM_CHUNK ? size - a : NORM_CHUNK);
+}
+
+/* sums[i]: the sum of the squares of g[i]'s elements, chunk by chunk; in parallel where there
+ * are several chunks and threads (the chunks' sums are kept and added in order: the same bits). */
+static void sums_of_squares(const Kernels *k, int64_t n, float *const *g, const int64_t *numel,
+                            int threads, double *sums) {
+    int64_t chunks = 0;
+    for (int64_t i = 0; i < n; i++) chunks += chunks_of(numel[i]);
+    double *partial = NULL;
+    int64_t *first = NULL, *owner = NULL;
+#ifdef _OPENMP
+    if (threads > 1 && chunks > 1 && chunks * NORM_CHUNK >= 2 * MIN_PER_THREAD) {
+        partial = malloc(chunks * sizeof(double));
+        first = malloc((n + 1) * sizeof(int64_t));
+        owner = malloc(chunks * sizeof(int64_t));
+    }
+    if (partial != NULL && first != NULL && owner != NULL) {
+        first[0] = 0;
+        for (int64_t i = 0; i < n; i++) {
+            first[i + 1] = first[i] + chunks_of(numel[i]);
+            for (int64_t c = first[i]; c < first[i + 1]; c++) owner[c] = i;
+        }
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t c = 0; c < chunks; c++) {
+            int64_t i = owner[c];
+            partial[c] = chunk_sum_of_squares(k, g[i], numel[i], c - first[i]);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            double total = 0.0;
+            for (int64_t c = first[i]; c < first[i + 1]; c++) total += partial[c];
+            sums[i] = total;
+        }
+    } else
+#endif
+    {
+        (void)threads;
+        for (int64_t i = 0; i < n; i++) {
+            double total = 0.0;
+            for (int64_t c = 0; c < chunks_of(numel[i]); c++)
+                total += chunk_sum_of_squares(k, g[i], numel[i], c);
+            sums[i] = total;
+        }
+    }
+    free(partial);
+    free(first);
+    free(owner);
+}
+
+/* keys[i]: critgrad.memory.keys_from_norms of the gradients' L2 norms (float32 gradients'
+ * norms are float32, as torch's: the square root of the sum of squares, rounded to float32),
+ * combined in float64 in tensor order. */
+static void gradient_keys(int64_t n, float *const *g, const int64_t *numel, int mode,
+                          int threads, double *keys) {
+    sums_of_squares(kernels(), n, g, numel, threads, keys);
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        keys[i] = (double)(float)sqrt(keys[i]);
+        total += mode == GLOBAL_NORM ? keys[i] * keys[i] : keys[i];
+    }
+    if (mode == GLOBAL_NORM) total = sqrt(total);
+    if (mode != PER_TENSOR)
+        for (int64_t i = 0; i < n; i++) keys[i] = total;
+}
+
+/* For each of n tensors: keys[i] (copied from keys_in, with its stride, or computed from the
+ * gradients g if keys_in is NULL), admit[i], slot[i], filled[i] (entries before this step) and
+ * the direction's coefficients b[i], s[i] (s NULL for aggr "sum", where s is 1). */
+void critgrad_plan(int64_t n, const double *keys_in, int64_t keys_stride, float *const *g,
+                   const int64_t *numel, int key_mode, int threads, double *keys,
+                   double *const *priority, int64_t *const *age, int64_t *const *stats,
+                   int64_t capacity, int selection, uint64_t seed, int per_tensor_streams,
+                   int aggr, double kappa, double scale, uint8_t *admit, int64_t *slot,
+                   int64_t *filled, float *b, float *s) {
+    if (keys_in != NULL)
+        for (int64_t i = 0; i < n; i++) keys[i] = keys_in[i * keys_stride];
+    else
+        gradient_keys(n, g, numel, key_mode, threads, keys);
     uint32_t base = hash32((uint32_t)(seed >> 32) ^ hash32((uint32_t)(seed & 0xFFFFFFFFu)));
     for (int64_t i = 0; i < n; i++) {
-        double key = keys[i * keys_stride];
+        double key = keys[i];
         const double *pr = priority[i];
         const int64_t *ag = age[i];
         int64_t full = 0;
@@ -443,18 +549,18 @@ void critgrad_plan(int64_t n, const double *keys, int64_t keys_stride, double *c
  * entry ages by one, the counts of critgrad.memory.STAT_FIELDS grow and the key is kept. */
 static void bookkeep(int64_t n, float *const *store, float *const *t, const int64_t *numel,
                      double *const *priority, int64_t *const *age, int64_t *const *stats,
-                     double *const *key, const double *keys, int64_t keys_stride,
+                     double *const *key, const double *keys,
                      const uint8_t *admit, const int64_t *slot, const int64_t *filled,
                      int64_t capacity, int64_t resync_per_slot, float scale, double decay);
 
 void critgrad_finish(int64_t n, float *const *store, float *const *t, float *const *g,
                      const int64_t *numel, const int64_t *offset, double *const *priority,
                      int64_t *const *age, int64_t *const *stats, double *const *key,
-                     const double *keys, int64_t keys_stride, const uint8_t *admit,
+                     const double *keys, const uint8_t *admit,
                      const int64_t *slot, const int64_t *filled, int64_t capacity,
                      int64_t resync_per_slot, float scale, double decay, int threads) {
     write_all(n, store, t, g, numel, offset, slot, admit, scale, threads);
-    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, admit, slot,
              filled, capacity, resync_per_slot, scale, decay);
 }
 
@@ -466,7 +572,7 @@ void critgrad_finish(int64_t n, float *const *store, float *const *t, float *con
 void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const *g,
                    const int64_t *numel, const int64_t *offset, double *const *priority,
                    int64_t *const *age, int64_t *const *stats, double *const *key,
-                   const double *keys, int64_t keys_stride, const uint8_t *admit,
+                   const double *keys, const uint8_t *admit,
                    const int64_t *slot, const int64_t *filled, const float *b, const float *s,
                    float *const *p, float *const *m, float *const *v, float *const *vmax,
                    float *const *steps, const double *adam_scalars, int decoupled, int maximize,
@@ -491,7 +597,7 @@ void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const
                  .p = p, .m = m, .v = v, .vmax = vmax, .options = &options,
                  .neg_step_size = neg_step_size, .bc2_sqrt = bc2_sqrt};
     run_parallel(&work, threads);
-    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, admit, slot,
              filled, capacity, resync_per_slot, scale, decay);
 }
 
@@ -500,7 +606,7 @@ void critgrad_adam(int64_t n, float *const *store, float *const *t, float *const
 void critgrad_sgd(int64_t n, float *const *store, float *const *t, float *const *g,
                   const int64_t *numel, const int64_t *offset, double *const *priority,
                   int64_t *const *age, int64_t *const *stats, double *const *key,
-                  const double *keys, int64_t keys_stride, const uint8_t *admit,
+                  const double *keys, const uint8_t *admit,
                   const int64_t *slot, const int64_t *filled, const float *b, const float *s,
                   float *const *p, float *const *bufs, const double *sgd_scalars, int nesterov,
                   int maximize, int64_t capacity, int64_t resync_per_slot, float scale,
@@ -512,13 +618,13 @@ void critgrad_sgd(int64_t n, float *const *store, float *const *t, float *const 
                  .offset = offset, .b = b, .s = s, .slot = slot, .admit = admit, .scale = scale,
                  .p = p, .v = bufs, .sgd = &options};
     run_parallel(&work, threads);
-    bookkeep(n, store, t, numel, priority, age, stats, key, keys, keys_stride, admit, slot,
+    bookkeep(n, store, t, numel, priority, age, stats, key, keys, admit, slot,
              filled, capacity, resync_per_slot, scale, decay);
 }
 
 static void bookkeep(int64_t n, float *const *store, float *const *t, const int64_t *numel,
                      double *const *priority, int64_t *const *age, int64_t *const *stats,
-                     double *const *key, const double *keys, int64_t keys_stride,
+                     double *const *key, const double *keys,
                      const uint8_t *admit, const int64_t *slot, const int64_t *filled,
                      int64_t capacity, int64_t resync_per_slot, float scale, double decay) {
     const Kernels *kern = kernels();
@@ -526,7 +632,7 @@ static void bookkeep(int64_t n, float *const *store, float *const *t, const int6
         resync_one(kern, store[i], t[i], numel[i], capacity, resync_per_slot * capacity,
                    stats[i][OFFERED], scale);
     for (int64_t i = 0; i < n; i++) {
-        double offered = keys[i * keys_stride];
+        double offered = keys[i];
         double *pr = priority[i];
         int64_t *ag = age[i];
         int64_t *st = stats[i];

@@ -2,14 +2,17 @@
 
 Written as torch operations, a group's step costs about a hundred small operations (admission,
 coefficients, bookkeeping) and ~14 passes over the gradients at the speed of a copy or below
-(see the README's Performance section). Here, per group and step: :func:`plan` (admission and
-coefficients, from each tensor's own priorities, ages and counts), then either
-:func:`fused_step` (for torch's Adam, AdamW and SGD: the directions, the base's update and the
-memory's writes in one pass) or :func:`directions` (one pass), the base's own step and
-:func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). The memory's
-results are the torch path's bit for bit, but for the resync's sum over the stored rows, taken
-in row order (:file:`critgrad/_native.c` says why); the base's update is the arithmetic of its
-for-loop implementation (equal to it for SGD; for Adam, within the rounding of torch's
+(see the README's Performance section). Here, per group and step: :func:`plan` (the keys from
+the gradients' norms, admission and coefficients, from each tensor's own priorities, ages and
+counts), then either :func:`fused_step` (for torch's Adam, AdamW and SGD: the directions, the
+base's update and the memory's writes in one pass) or :func:`directions` (one pass), the base's
+own step and :func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). The
+memory's results are the torch path's bit for bit, but for two sums taken in an order of their
+own (:file:`critgrad/_native.c` says why): each gradient's norm, summed in float64 in a fixed
+order whatever the threads and rounded to float32 (torch sums in float32, in an order that
+depends on its vectorization: the keys and priorities differ in the last bits of float32), and
+the resync's sum over the stored rows, taken in row order. The base's update is the arithmetic
+of its for-loop implementation (equal to it for SGD; for Adam, within the rounding of torch's
 vectorized square root). The wrapper takes this path wherever :func:`takes` allows it (outside a
 traced step, every tensor a plain contiguous CPU tensor, the gradients, stores and sums
 float32, ``include_current=True``).
@@ -43,6 +46,7 @@ from torch import Tensor
 
 from ._state import AGE, KEY, PRIORITY, SCALED_SUM, STATS, STORE
 from .memory import RESYNC_PER_SLOT
+from .options import SEED
 
 SOURCE = Path(__file__).with_name("_native.c")
 FLAGS = [
@@ -162,26 +166,20 @@ def _load() -> ctypes.CDLL | None:
         )
         functions = {
             "critgrad_directions": [int64] + [pointer] * 7 + [ctypes.c_int],
-            "critgrad_plan": [int64, pointer, int64]
-            + [pointer] * 3
+            "critgrad_plan": [int64, pointer, int64, pointer, pointer, ctypes.c_int, ctypes.c_int]
+            + [pointer] * 4
             + [int64, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int, double, double]
             + [pointer] * 5,
             "critgrad_resync": [pointer, pointer, int64, int64, int64, pointer, float32],
             "critgrad_sgd": [int64]
-            + [pointer] * 10
-            + [int64]
-            + [pointer] * 8
+            + [pointer] * 18
             + [ctypes.c_int, ctypes.c_int, int64, int64, float32, double, ctypes.c_int],
             "critgrad_adam": [int64]
-            + [pointer] * 10
-            + [int64]
-            + [pointer] * 11
+            + [pointer] * 21
             + [ctypes.c_int, ctypes.c_int, ctypes.c_int, int64, int64, float32, double]
             + [pointer, pointer, ctypes.c_int],
             "critgrad_finish": [int64]
-            + [pointer] * 10
-            + [int64]
-            + [pointer] * 3
+            + [pointer] * 13
             + [int64, int64, float32, double, ctypes.c_int],
         }
         for name, argtypes in functions.items():
@@ -206,11 +204,11 @@ def unavailable_reason() -> str | None:
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_NAMES = (STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY)
+MEMORY_NAMES = (STORE, SCALED_SUM, PRIORITY, AGE, STATS, KEY)
 _DTYPES = (torch.float32, torch.float32, torch.float64, torch.int64, torch.int64, torch.float64)
 
 
-def _plain_cpu(t: Tensor) -> bool:
+def plain_cpu(t: Tensor) -> bool:
     # type(), not isinstance: tensor subclasses (DTensor, FakeTensor) keep their data elsewhere
     return type(t) in _PLAIN and t.is_cpu and t.is_contiguous()
 
@@ -245,7 +243,7 @@ class Layout(NamedTuple):
     capacity: int
     numel: ctypes.Array[ctypes.c_int64]
     offset: ctypes.Array[ctypes.c_int64]  # n + 1 prefix sums of numel
-    pointers: dict[str, ctypes.Array[ctypes.c_void_p]]  # per name in _NAMES
+    pointers: dict[str, ctypes.Array[ctypes.c_void_p]]  # per name in MEMORY_NAMES
 
 
 def layout(memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
@@ -254,17 +252,17 @@ def layout(memories: Sequence[Mapping[str, Tensor]]) -> Layout | None:
     (and the library built: see :func:`available`)."""
     if torch.compiler.is_compiling() or not memories or not enabled():
         return None
-    tensors = [m[name] for m in memories for name in _NAMES]
-    width = len(_NAMES)
+    tensors = [m[name] for m in memories for name in MEMORY_NAMES]
+    width = len(MEMORY_NAMES)
 
     def build() -> Layout | None:
         for i, t in enumerate(tensors):
-            if t.dtype is not _DTYPES[i % width] or not _plain_cpu(t):
+            if t.dtype is not _DTYPES[i % width] or not plain_cpu(t):
                 return None
         if not available():
             return None
         numel, offset = _sizes(tensors[1::width])  # the sums: one gradient's shape each
-        pointers = {name: _pointers(tensors[i::width]) for i, name in enumerate(_NAMES)}
+        pointers = {name: _pointers(tensors[i::width]) for i, name in enumerate(MEMORY_NAMES)}
         return Layout(tensors[0].shape[0], numel, offset, pointers)
 
     return cast("Layout | None", _cached("memory", tensors, build))
@@ -277,7 +275,7 @@ def takes(grads: Sequence[Tensor], memories: Sequence[Mapping[str, Tensor]]) -> 
     if found is None:
         return None
     for g, size in zip(grads, found.numel):
-        if g.dtype is not torch.float32 or not _plain_cpu(g) or g.numel() != size:
+        if g.dtype is not torch.float32 or not plain_cpu(g) or g.numel() != size:
             return None
     return found
 
@@ -298,7 +296,7 @@ def _sizes(
 
 
 def _float64s(values: Tensor) -> Tensor:
-    """``values`` as a float64 CPU tensor whose elements are ``stride`` apart (see _stride)."""
+    """``values`` as a one-dimensional float64 CPU tensor (its elements ``stride(0)`` apart)."""
     if values.dtype != torch.float64 or values.device.type != "cpu" or values.dim() != 1:
         values = values.to(device="cpu", dtype=torch.float64).reshape(-1)
     return values
@@ -308,6 +306,8 @@ class Plan(NamedTuple):
     """What :func:`plan` decided for the n tensors of a group, in arrays of n values."""
 
     layout: Layout
+    grads: ctypes.Array[ctypes.c_void_p]  # the gradients the plan was made for
+    keys: ctypes.Array[ctypes.c_double]
     admit: ctypes.Array[ctypes.c_uint8]
     slot: ctypes.Array[ctypes.c_int64]
     filled: ctypes.Array[ctypes.c_int64]  # entries before this step
@@ -315,55 +315,100 @@ class Plan(NamedTuple):
     s: ctypes.Array[ctypes.c_float] | None  # None: 1 (aggr "sum")
 
 
+KEY_CODES = {"sum_of_norms": 0, "per_tensor": 1, "global_norm": 2}
 SELECTION_CODES = {"critical": 0, "recent": 1, "smallest": 2, "random": 3}
 AGGREGATION_CODES = {"sum": 0, "mid": 1, "mean": 2}
 
 
 def plan(
-    keys: Tensor,
     found: Layout,
+    grads: Sequence[Tensor],
+    keys: Tensor | None = None,
     *,
+    key: str,
     selection: str,
     seed: int | None,
-    per_tensor: bool,
     aggr: str,
     kappa: float,
     scale: float,
 ) -> Plan:
-    """Admission (:func:`critgrad.memory.admission`, with :func:`critgrad.memory.random_slots`)
-    and the aggregation coefficients (:func:`critgrad.memory.coefficients`) for the n memories
-    of ``found``, read from each tensor's own priorities, ages and counts: the same values.
-    ``keys`` is ``(n,)``, possibly a broadcast view of one key."""
+    """The keys of ``grads`` (:func:`critgrad.memory.keys_from_norms` of their L2 norms, each
+    summed in float64 in a fixed order whatever the threads and rounded to float32 as torch's
+    float32 norms are; or ``keys``, ``(n,)``, possibly a broadcast view of one key, where they
+    come from elsewhere), then the admission (:func:`critgrad.memory.admission`, with
+    :func:`critgrad.memory.random_slots`) and the aggregation coefficients
+    (:func:`critgrad.memory.coefficients`) for the n memories of ``found``, read from each
+    tensor's own priorities, ages and counts: the torch path's decisions and values."""
     global calls
     library = cast(ctypes.CDLL, _library)
+    given = None if keys is None else _float64s(keys)
+    decided = _new_plan(found, _pointers(grads), aggr)
+    library.critgrad_plan(
+        *_plan_arguments(
+            decided,
+            given,
+            key=key,
+            selection=selection,
+            seed=seed,
+            aggr=aggr,
+            kappa=kappa,
+            scale=scale,
+        )
+    )
+    calls += 1
+    return decided
+
+
+def _new_plan(found: Layout, grads: ctypes.Array[ctypes.c_void_p], aggr: str) -> Plan:
     n = len(found.numel)
-    keys = _float64s(keys)
-    decided = Plan(
+    return Plan(
         found,
+        grads,
+        (ctypes.c_double * n)(),
         (ctypes.c_uint8 * n)(),
         (ctypes.c_int64 * n)(),
         (ctypes.c_int64 * n)(),
         (ctypes.c_float * n)(),
         None if aggr == "sum" else (ctypes.c_float * n)(),
     )
-    library.critgrad_plan(
-        n,
-        keys.data_ptr(),
-        keys.stride(0),
+
+
+_PLAN_THREADS = 6  # the place of the thread count among critgrad_plan's arguments
+
+
+def _plan_arguments(
+    decided: Plan,
+    given: Tensor | None,
+    *,
+    key: str,
+    selection: str,
+    seed: int | None,
+    aggr: str,
+    kappa: float,
+    scale: float,
+) -> list[Any]:
+    found = decided.layout
+    return [
+        len(found.numel),
+        None if given is None else given.data_ptr(),
+        0 if given is None else given.stride(0),
+        decided.grads,
+        found.numel,
+        KEY_CODES[key],
+        torch.get_num_threads(),
+        decided.keys,
         found.pointers[PRIORITY],
         found.pointers[AGE],
         found.pointers[STATS],
         found.capacity,
         SELECTION_CODES[selection],
         seed or 0,
-        per_tensor,
+        key == "per_tensor",
         AGGREGATION_CODES[aggr],
         kappa,
         scale,
-        *decided[1:],
-    )
-    calls += 1
-    return decided
+        *decided[3:],
+    ]
 
 
 def directions(grads: Sequence[Tensor], decided: Plan) -> list[Tensor]:
@@ -391,9 +436,7 @@ def directions(grads: Sequence[Tensor], decided: Plan) -> list[Tensor]:
     return out
 
 
-def finish(
-    grads: Sequence[Tensor], keys: Tensor, decided: Plan, scale: float, decay: float
-) -> None:
+def finish(decided: Plan, scale: float, decay: float) -> None:
     """After the base step: where admitted, ``store[slot] = g`` and the scaled sum trades the old
     entry for g (:func:`critgrad.memory.write_slot_`); every sum's resync chunk
     (:func:`critgrad.memory.resync_`, the stored rows summed in row order); then the
@@ -403,7 +446,7 @@ def finish(
     library = cast(ctypes.CDLL, _library)
     found = decided.layout
     library.critgrad_finish(
-        *_memory_arguments(grads, keys, decided),
+        *_memory_arguments(decided),
         found.capacity,
         RESYNC_PER_SLOT,
         scale,
@@ -413,24 +456,22 @@ def finish(
     calls += 1
 
 
-def _memory_arguments(grads: Sequence[Tensor], keys: Tensor, decided: Plan) -> tuple[Any, ...]:
+def _memory_arguments(decided: Plan) -> tuple[Any, ...]:
     """The leading arguments of critgrad_finish, critgrad_adam and critgrad_sgd: the memories,
     the gradients, the keys and the decisions."""
     found = decided.layout
-    keys = _float64s(keys)
     return (
-        len(grads),
+        len(found.numel),
         found.pointers[STORE],
         found.pointers[SCALED_SUM],
-        _pointers(grads),
+        decided.grads,
         found.numel,
         found.offset,
         found.pointers[PRIORITY],
         found.pointers[AGE],
         found.pointers[STATS],
         found.pointers[KEY],
-        keys.data_ptr(),
-        keys.stride(0),
+        decided.keys,
         decided.admit,
         decided.slot,
         decided.filled,
@@ -447,7 +488,7 @@ def resync(store: Tensor, scaled_sum: Tensor, count: Tensor, scale: float) -> bo
         and scaled_sum.dtype is torch.float32
         and count.dtype is torch.int64
         and count.numel() == 1
-        and all(_plain_cpu(t) for t in (store, scaled_sum, count))
+        and all(plain_cpu(t) for t in (store, scaled_sum, count))
         and available()
     ):
         return False
@@ -488,7 +529,7 @@ def _base_pointers(
         for i in range(0, len(tensors), width):
             size = tensors[i].numel()
             for name, t in zip(("param", *names), tensors[i : i + width]):
-                if t.dtype is not torch.float32 or not _plain_cpu(t):
+                if t.dtype is not torch.float32 or not plain_cpu(t):
                     return None
                 if t.numel() != (1 if name == "step" else size):
                     return None
@@ -508,20 +549,28 @@ class BaseTensors(NamedTuple):
 
     kind: str  # "adam", "sgd" or "adam_cm" (critgrad.Adam_CM: the memory holds momenta)
     pointers: dict[str, ctypes.Array[ctypes.c_void_p]]
+    scalars: tuple[float, ...]  # as in Hyperparameters (Adam_CM: Adam's)
+    flags: tuple[bool, ...]
+
+
+class Hyperparameters(NamedTuple):
+    """What :func:`fused_step` needs of a group's options for torch's Adam, AdamW or SGD."""
+
+    kind: str  # "adam" or "sgd"
+    names: tuple[str, ...]  # the state entries the update reads and writes
     scalars: tuple[float, ...]  # adam: lr, beta1, beta2, eps, weight_decay; sgd: lr,
     # weight_decay, momentum, dampening
     flags: tuple[bool, ...]  # adam: amsgrad, decoupled, maximize; sgd: momentum, nesterov,
     # maximize
 
 
-def base_tensors(
-    optimizer: torch.optim.Optimizer, group: Mapping[str, Any], params: Sequence[Tensor]
-) -> BaseTensors | None:
-    """The state of ``params`` in ``optimizer`` if :func:`fused_step` can take their step:
-    ``optimizer`` is torch's Adam, AdamW or SGD with its own ``step`` (not capturable or
-    differentiable, Python numbers for its hyperparameters), every parameter and its state are
-    plain float32 CPU tensors, and the state exists (the first step is the optimizer's own)."""
-    if not params or group.get("capturable") or group.get("differentiable"):
+def hyperparameters(
+    optimizer: torch.optim.Optimizer, group: Mapping[str, Any]
+) -> Hyperparameters | None:
+    """``group``'s hyperparameters if :func:`fused_step` can take its update: ``optimizer`` is
+    torch's Adam, AdamW or SGD with its own ``step``, not capturable or differentiable, with
+    Python numbers for its hyperparameters; else None."""
+    if group.get("capturable") or group.get("differentiable"):
         return None
     if _own_step(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         betas = group["betas"]
@@ -547,10 +596,22 @@ def base_tensors(
         return None
     if not all(type(x) in (float, int) for x in scalars):
         return None
-    pointers = _base_pointers(optimizer.state, params, names)
+    return Hyperparameters(kind, names, tuple(float(x) for x in scalars), flags)
+
+
+def base_tensors(
+    optimizer: torch.optim.Optimizer, group: Mapping[str, Any], params: Sequence[Tensor]
+) -> BaseTensors | None:
+    """The state of ``params`` in ``optimizer`` if :func:`fused_step` can take their step: the
+    group's :func:`hyperparameters` allow it, every parameter and its state are plain float32
+    CPU tensors, and the state exists (the first step is the optimizer's own)."""
+    found = hyperparameters(optimizer, group) if params else None
+    if found is None:
+        return None
+    pointers = _base_pointers(optimizer.state, params, found.names)
     if pointers is None:
         return None
-    return BaseTensors(kind, pointers, tuple(float(x) for x in scalars), flags)
+    return BaseTensors(found.kind, pointers, found.scalars, found.flags)
 
 
 def adam_cm_tensors(
@@ -571,30 +632,36 @@ def adam_cm_tensors(
     return BaseTensors("adam_cm", pointers, tuple(float(x) for x in scalars), flags)
 
 
-def fused_step(
-    grads: Sequence[Tensor],
-    keys: Tensor,
-    decided: Plan,
-    base: BaseTensors,
-    scale: float,
-    decay: float,
-) -> None:
+def fused_step(decided: Plan, base: BaseTensors, scale: float, decay: float) -> None:
     """The whole step of a group whose base is torch's Adam, AdamW or SGD, in one pass over the
     tensors: the directions, the base's update on them (as torch's for-loop implementation
     computes it, in float32; Adam's step counters count the step), the slot writes and running
     sums; then the resyncs and the bookkeeping of :func:`finish`. With Adam_CM's state, its step
-    (:func:`critgrad.adam_cm.adam_cm`): the memory takes the new momenta, ``grads`` are the raw
-    gradients."""
+    (:func:`critgrad.adam_cm.adam_cm`): the memory takes the new momenta, the plan's gradients
+    are the raw gradients."""
     global calls
+    scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
+    function, arguments = _fused_call(decided, base, scalars, scale, decay)
+    function(*arguments)
+    calls += 1
+
+
+def _fused_call(
+    decided: Plan,
+    base: BaseTensors,
+    scalars: ctypes.Array[ctypes.c_double],
+    scale: float,
+    decay: float,
+) -> tuple[Any, list[Any]]:
+    """The C function of :func:`fused_step` and its arguments (the thread count last)."""
     library = cast(ctypes.CDLL, _library)
     found = decided.layout
-    n = len(grads)
-    memory = (*_memory_arguments(grads, keys, decided), decided.b, decided.s)
+    n = len(found.numel)
+    memory = (*_memory_arguments(decided), decided.b, decided.s)
     pointers = base.pointers
-    scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
     if base.kind in ("adam", "adam_cm"):
         amsgrad, decoupled, maximize = base.flags
-        library.critgrad_adam(
+        return library.critgrad_adam, [
             *memory,
             pointers["param"],
             pointers["exp_avg"],
@@ -609,23 +676,84 @@ def fused_step(
             RESYNC_PER_SLOT,
             scale,
             decay,
-            (ctypes.c_float * n)(),
+            (ctypes.c_float * n)(),  # scratch: each tensor's step size and bias correction
             (ctypes.c_float * n)(),
             torch.get_num_threads(),
+        ]
+    momentum, nesterov, maximize = base.flags
+    return library.critgrad_sgd, [
+        *memory,
+        pointers["param"],
+        pointers["momentum_buffer"] if momentum else None,
+        scalars,
+        nesterov,
+        maximize,
+        found.capacity,
+        RESYNC_PER_SLOT,
+        scale,
+        decay,
+        torch.get_num_threads(),
+    ]
+
+
+class BoundStep:
+    """:func:`plan` then :func:`fused_step` for a group whose tensors, memory options and kind of
+    update stay the same from step to step, with every argument converted to its C type once:
+    ctypes takes longer to convert two dozen arguments than the kernels take to step a small
+    model. A call sets what may change: the gradients' addresses, the base's numbers (a
+    scheduled learning rate) and the number of threads."""
+
+    def __init__(
+        self,
+        found: Layout,
+        base: BaseTensors,
+        group: Mapping[str, Any],
+        scale: float,
+    ) -> None:
+        n = len(found.numel)
+        self._grads = (ctypes.c_void_p * n)()
+        self._scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
+        decided = _new_plan(found, self._grads, group["aggr"])
+        plan_arguments = _plan_arguments(
+            decided,
+            None,
+            key=group["key"],
+            selection=group["selection"],
+            seed=group.get(SEED),
+            aggr=group["aggr"],
+            kappa=group["kappa"],
+            scale=scale,
         )
-    else:
-        momentum, nesterov, maximize = base.flags
-        library.critgrad_sgd(
-            *memory,
-            pointers["param"],
-            pointers["momentum_buffer"] if momentum else None,
-            scalars,
-            nesterov,
-            maximize,
-            found.capacity,
-            RESYNC_PER_SLOT,
-            scale,
-            decay,
-            torch.get_num_threads(),
+        self._function, fused_arguments = _fused_call(
+            decided, base, self._scalars, scale, group["decay"]
         )
-    calls += 1
+        library = cast(ctypes.CDLL, _library)
+        self._plan = _converted(library.critgrad_plan.argtypes, plan_arguments)
+        self._fused = _converted(self._function.argtypes, fused_arguments)
+        self._threads = torch.get_num_threads()
+        self._kept = (found, base, decided, plan_arguments, fused_arguments)  # what they point to
+
+    def __call__(self, grads: Sequence[Tensor], scalars: tuple[float, ...]) -> None:
+        global calls
+        self._grads[:] = [g.data_ptr() for g in grads]
+        self._scalars[:] = list(scalars)
+        threads = torch.get_num_threads()
+        if threads != self._threads:
+            self._threads = threads
+            self._plan[_PLAN_THREADS] = self._fused[-1] = ctypes.c_int(threads)
+        cast(ctypes.CDLL, _library).critgrad_plan(*self._plan)
+        self._function(*self._fused)
+        calls += 2
+
+
+def _converted(types: Sequence[Any], arguments: Sequence[Any]) -> list[Any]:
+    """``arguments`` as instances of ``types`` (arrays as their addresses), which ctypes passes on
+    without converting them again."""
+    return [
+        None
+        if argument is None
+        else kind(ctypes.addressof(argument))
+        if isinstance(argument, ctypes.Array)
+        else kind(argument)
+        for argument, kind in zip(arguments, types)
+    ]

@@ -376,24 +376,24 @@ class Adam_CM(Optimizer):
         # Decide the memory's part before anything changes: keys of the raw gradients, the
         # admission of this step's momenta, the weight of the stored sum in the aggregate.
         memories = [self.state[p] for p in params]
-        keys = M.keys_from_norms(_norms(grads), group["key"])
         scale = M.sum_scale(group["topC"])
         found = N.takes(grads, memories)
         state = N.adam_cm_tensors(self.state, group, params) if found is not None else None
         if found is not None and state is not None:
             # float32 on the CPU: the whole step in native kernels, one pass over the tensors
             decided = N.plan(
-                keys,
                 found,
+                grads,
+                key=group["key"],
                 selection="critical",
                 seed=None,
-                per_tensor=group["key"] == "per_tensor",
                 aggr="sum",  # m + kappa * mean(B); m if empty
                 kappa=group["kappa"],
                 scale=scale,
             )
-            N.fused_step(grads, keys, decided, state, scale, group["decay"])
+            N.fused_step(decided, state, scale, group["decay"])
             return
+        keys = M.keys_from_norms(_norms(grads), group["key"])
         priority, age, stats = (
             torch.stack([m[name].to(keys.device) for m in memories])
             for name in (PRIORITY, AGE, STATS)

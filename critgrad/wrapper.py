@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from . import _distributed as D
 from . import _native as N
+from . import _prepared as P
 from . import _state as S
 from . import memory as M
 from ._compile import CompiledStep, Resync, resync_or_defer_, run_deferred
@@ -69,7 +70,7 @@ class _Plan(NamedTuple):
     grads: list[Tensor]  # this rank's shards of DTensor gradients
     memories: list[dict[str, Tensor]]  # the parameter's state, or a new memory for it
     new: list[bool]  # the memory enters the state when the plan is committed
-    keys: Tensor  # (n,) float64
+    keys: Tensor | None  # (n,) float64; None where the native plan took them (N.Plan.keys)
     decision: _Decision | N.Plan
 
 
@@ -111,7 +112,8 @@ class CriticalGradients(Optimizer):
             reference package's ``synced=True``), ``"per_tensor"`` (``synced=False``) or
             ``"global_norm"`` (one key per group: the L2 norm of all its gradients together)
             (default: ``"sum_of_norms"``). Norms are computed in the gradients' precision
-            (float32 at least).
+            (float32 at least; float32 gradients' norms on the CPU's native path are summed in
+            float64, in an order that does not depend on the threads, then rounded to float32).
         store_dtype (torch.dtype, optional): dtype of the stored gradients, e.g. ``torch.bfloat16``
             to halve the memory (their running sum is then kept in float32). Default: the
             parameter's dtype.
@@ -202,6 +204,7 @@ class CriticalGradients(Optimizer):
         self.last_step_implementation: str | None = None
         self._memory_defaults = memory_defaults
         self._compiled: CompiledStep | None = None
+        self._prepared: tuple[P.Prepared, ...] | None = None
         # Inside a ZeroRedundancyOptimizer each rank steps some of each group's tensors: the keys
         # of a group then come from every rank's tensors (one all-reduce per group and step).
         self._zero = D.zero_partition()
@@ -260,13 +263,15 @@ class CriticalGradients(Optimizer):
         python_numbers_(options)
         check_memory_options(options)
         if not self._adopting:
+            self._prepared = None
             self.base.add_param_group(param_group)
             param_group = self.base.param_groups[-1]
         param_group.update(options)  # (the group's own values, numpy scalars as Python's)
         draw_seeds([param_group])
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_compiled": None}  # compiled code is rebuilt where it runs
+        # Compiled code and the prepared dispatch are rebuilt where the copy runs.
+        return {**self.__dict__, "_compiled": None, "_prepared": None}
 
     def __repr__(self) -> str:
         # The base's repr already lists every group option, the memory's included.
@@ -316,6 +321,7 @@ class CriticalGradients(Optimizer):
         The memory is restored on each parameter's device with the dtypes it was created with.
         A state saved with another ``topC``, or for parameters of other shapes, is refused.
         """
+        self._prepared = None
         S.load_with_memory(self, state_dict, self.base.load_state_dict, MEMORY_OPTIONS)
 
     # ---------------------------------------------------------------- statistics
@@ -347,13 +353,23 @@ class CriticalGradients(Optimizer):
         """Plan every group, then apply the plans: the step that ``compile=True`` compiles.
         Returns the memories created for parameters offered a gradient for the first time, and
         the resyncs of large running sums that ``compile=True`` runs after its compiled code."""
+        eager = not self.compile and not torch.compiler.is_compiling() and self._zero is None
+        if eager and self._prepared is not None:
+            ready = P.current(self._prepared, self.param_groups, self.state, self.base)
+            if ready is not None:  # the last step's dispatch holds: the same calls
+                for step, grads, scalars in ready:
+                    step(grads, scalars)
+                return [], []
         plans = []
         for group in self.param_groups:
             plan = self._plan(group)
             if plan is not None:
                 plans.append(plan)
         deferred: list[Resync] | None = [] if self.compile else None
-        self._apply(plans, deferred)
+        stepped = self._apply(plans, deferred)
+        self._prepared = None
+        if eager and stepped is not None:
+            self._prepared = P.prepare(self.param_groups, stepped, self.state, self.base)
         created = [
             (p, memory)
             for plan in plans
@@ -397,20 +413,14 @@ class CriticalGradients(Optimizer):
             new.append(STORE not in self.state.get(p, ()))
         # DTensor gradients: the plan works on this rank's shards, the keys on whole tensors.
         shards = [D.local(g) for g in grads]
-        keys = self._keys(_norms(shards), grads, params, group)
         scale = M.sum_scale(group["topC"])
         found = N.takes(shards, memories) if group["include_current"] else None
+        if found is not None and self._zero is None and not any(map(D.is_dtensor, grads)):
+            decided = _native_plan(group, found, shards, scale)  # the keys too: norms of wholes
+            return _Plan(group, params, shards, memories, new, None, decided)
+        keys = self._keys(_norms(shards), grads, params, group)
         if found is not None:
-            decided = N.plan(
-                keys,
-                found,
-                selection=group["selection"],
-                seed=group.get(SEED),
-                per_tensor=group["key"] == "per_tensor",
-                aggr=group["aggr"],
-                kappa=group["kappa"],
-                scale=scale,
-            )
+            decided = _native_plan(group, found, shards, scale, keys)
             return _Plan(group, params, shards, memories, new, keys, decided)
         device = keys.device
         priority, age, stats = (
@@ -479,8 +489,12 @@ class CriticalGradients(Optimizer):
             return S.working(state)
         return S.new_memory(p, group)
 
-    def _apply(self, plans: list[_Plan], deferred: list[Resync] | None = None) -> None:
-        """Give the base the directions as gradients, run it, give the gradients back, commit."""
+    def _apply(
+        self, plans: list[_Plan], deferred: list[Resync] | None = None
+    ) -> dict[int, tuple[list[Tensor], N.Layout, N.BaseTensors]] | None:
+        """Give the base the directions as gradients, run it, give the gradients back, commit.
+        Where every group's step ran natively (the base's own step had nothing to do), returns
+        each group's parameters, memory layout and base tensors, by ``id(group)``."""
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
         # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
@@ -522,9 +536,10 @@ class CriticalGradients(Optimizer):
                 else:
                     for p, d in zip(plan.params, group_directions):
                         p.grad = d
-            if not any(fused) or any(
+            base_steps = not any(fused) or any(
                 p.grad is not None for group in self.param_groups for p in group["params"]
-            ):
+            )
+            if base_steps:
                 _unhooked_step(self.base)()
         finally:
             for plan, raw in zip(plans, raws):
@@ -537,6 +552,13 @@ class CriticalGradients(Optimizer):
         # The one moment the memory changes: after the base step succeeded.
         for plan, raw, pairs, base in zip(plans, raws, scratch, fused):
             self._commit(plan, raw, pairs, deferred, base)
+        if base_steps:
+            return None
+        return {
+            id(plan.group): (plan.params, cast(N.Plan, plan.decision).layout, base)
+            for plan, base in zip(plans, fused)
+            if base is not None
+        }
 
     def _commit(
         self,
@@ -554,9 +576,9 @@ class CriticalGradients(Optimizer):
         if isinstance(decision, N.Plan):
             decay = plan.group["decay"]
             if base is not None:
-                N.fused_step(grads, plan.keys, decision, base, scale, decay)
+                N.fused_step(decision, base, scale, decay)
             else:
-                N.finish(grads, plan.keys, decision, scale, decay)
+                N.finish(decision, scale, decay)
             return
         slots = _spread(decision.slot[:, None], plan.params)
         admits = _spread(decision.admit, plan.params)
@@ -574,8 +596,9 @@ class CriticalGradients(Optimizer):
                 scratch[i],
             )
             resync_or_defer_(memory[STORE], memory[SCALED_SUM], counts[i], scale, deferred)
+        keys = cast(Tensor, plan.keys)  # (a torch plan's keys are torch's)
         priority, age, increment = M.bookkeeping(
-            plan.keys,
+            keys,
             decision.priority,
             decision.age,
             decision.admit,
@@ -587,9 +610,30 @@ class CriticalGradients(Optimizer):
             (PRIORITY, priority),
             (AGE, age),
             (STATS, decision.stats + increment),
-            (S.KEY, plan.keys[:, None].to(memories[0][S.KEY].dtype)),
+            (S.KEY, keys[:, None].to(memories[0][S.KEY].dtype)),
         ):
             torch._foreach_copy_([m[name] for m in memories], list(values.unbind(0)))
+
+
+def _native_plan(
+    group: Mapping[str, Any],
+    found: N.Layout,
+    grads: list[Tensor],
+    scale: float,
+    keys: Tensor | None = None,
+) -> N.Plan:
+    """:func:`critgrad._native.plan` with the group's options (and the keys, where given)."""
+    return N.plan(
+        found,
+        grads,
+        keys,
+        key=group["key"],
+        selection=group["selection"],
+        seed=group.get(SEED),
+        aggr=group["aggr"],
+        kappa=group["kappa"],
+        scale=scale,
+    )
 
 
 def _directions(plan: _Plan, pairs: list[Tensor | None]) -> list[Tensor]:

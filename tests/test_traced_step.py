@@ -97,5 +97,12 @@ def test_capturable_base_compiled():
     assert captured.state[params_b[0]]["step"].device == params_b[0].device
     for a, b in zip(params_a, params_b):
         torch.testing.assert_close(a, b, rtol=1.3e-6, atol=1e-5)
-    assert eager.memory_stats() == captured.memory_stats()
+    # The same decisions; the priorities and keys from norms summed in another order (eager:
+    # the native kernels' float64 sums; compiled: torch's).
+    for a, b in zip(eager.memory_stats(), captured.memory_stats()):
+        assert a.keys() == b.keys()
+        for name, value in a.items():
+            assert value == (
+                pytest.approx(b[name], rel=1e-6) if "priority" in name or "key" in name else b[name]
+            ), name
     torch._dynamo.reset()
