@@ -343,20 +343,21 @@ def plan(
     library = cast(ctypes.CDLL, _library)
     given = None if keys is None else _float64s(keys)
     decided = _new_plan(found, _pointers(grads), aggr)
-    library.critgrad_plan(
-        *_plan_arguments(
-            decided,
-            given,
-            key=key,
-            selection=selection,
-            seed=seed,
-            aggr=aggr,
-            kappa=kappa,
-            scale=scale,
-        )
-    )
+    options = dict(key=key, selection=selection, seed=seed, aggr=aggr, kappa=kappa)
+    library.critgrad_plan(*_plan_arguments(decided, given, scale, options))
     calls += 1
     return decided
+
+
+def plan_options(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`plan` that a parameter group holds."""
+    return dict(
+        key=group["key"],
+        selection=group["selection"],
+        seed=group.get(SEED),
+        aggr=group["aggr"],
+        kappa=group["kappa"],
+    )
 
 
 def _new_plan(found: Layout, grads: ctypes.Array[ctypes.c_void_p], aggr: str) -> Plan:
@@ -377,17 +378,10 @@ _PLAN_THREADS = 6  # the place of the thread count among critgrad_plan's argumen
 
 
 def _plan_arguments(
-    decided: Plan,
-    given: Tensor | None,
-    *,
-    key: str,
-    selection: str,
-    seed: int | None,
-    aggr: str,
-    kappa: float,
-    scale: float,
+    decided: Plan, given: Tensor | None, scale: float, options: Mapping[str, Any]
 ) -> list[Any]:
     found = decided.layout
+    key, aggr, seed = options["key"], options["aggr"], options["seed"]
     return [
         len(found.numel),
         None if given is None else given.data_ptr(),
@@ -401,11 +395,11 @@ def _plan_arguments(
         found.pointers[AGE],
         found.pointers[STATS],
         found.capacity,
-        SELECTION_CODES[selection],
+        SELECTION_CODES[options["selection"]],
         seed or 0,
         key == "per_tensor",
         AGGREGATION_CODES[aggr],
-        kappa,
+        options["kappa"],
         scale,
         *decided[3:],
     ]
@@ -714,16 +708,7 @@ class BoundStep:
         self._grads = (ctypes.c_void_p * n)()
         self._scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
         decided = _new_plan(found, self._grads, group["aggr"])
-        plan_arguments = _plan_arguments(
-            decided,
-            None,
-            key=group["key"],
-            selection=group["selection"],
-            seed=group.get(SEED),
-            aggr=group["aggr"],
-            kappa=group["kappa"],
-            scale=scale,
-        )
+        plan_arguments = _plan_arguments(decided, None, scale, plan_options(group))
         self._function, fused_arguments = _fused_call(
             decided, base, self._scalars, scale, group["decay"]
         )

@@ -623,17 +623,7 @@ def _native_plan(
     keys: Tensor | None = None,
 ) -> N.Plan:
     """:func:`critgrad._native.plan` with the group's options (and the keys, where given)."""
-    return N.plan(
-        found,
-        grads,
-        keys,
-        key=group["key"],
-        selection=group["selection"],
-        seed=group.get(SEED),
-        aggr=group["aggr"],
-        kappa=group["kappa"],
-        scale=scale,
-    )
+    return N.plan(found, grads, keys, scale=scale, **N.plan_options(group))
 
 
 def _directions(plan: _Plan, pairs: list[Tensor | None]) -> list[Tensor]:

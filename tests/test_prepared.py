@@ -32,6 +32,18 @@ def model_and_data():
     return model, torch.randn(32, 12), torch.randint(0, 3, (32,))
 
 
+def prepared_adam():
+    """A model and its Adam after four steps: the last two reused a prepared step."""
+    model, x, y = model_and_data()
+    opt = BUILDS["adam"](model)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt._prepared is not None
+    return model, opt
+
+
 def run(reuse, build, steps=12, between=None, monkeypatch=None):
     """Train ``steps`` steps with the optimizer ``build(model)``; ``reuse=False``: every step
     decides afresh. ``between(step, opt, model)`` runs before each step's backward pass.
@@ -171,13 +183,7 @@ def test_a_tensor_learning_rate_goes_to_the_general_path(monkeypatch):
 
 
 def test_a_changed_topC_is_refused_as_before(monkeypatch):
-    model, x, y = model_and_data()
-    opt = BUILDS["adam"](model)
-    for _ in range(4):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert opt._prepared is not None
+    _, opt = prepared_adam()
     opt.param_groups[0]["topC"] = 5
     with pytest.raises(ValueError, match="topC and store_dtype can only be set before"):
         opt.step()
@@ -247,13 +253,7 @@ def test_switched_off_kernels_are_seen(monkeypatch):
 
 
 def test_copies_prepare_their_own(monkeypatch):
-    model, x, y = model_and_data()
-    opt = BUILDS["adam"](model)
-    for _ in range(4):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert opt._prepared is not None
+    model, opt = prepared_adam()
     clone = copy.deepcopy(opt)  # (its own parameters and state)
     assert clone._prepared is None
     params = [p for group in clone.param_groups for p in group["params"]]
@@ -276,13 +276,7 @@ def test_copies_prepare_their_own(monkeypatch):
     ],
 )
 def test_invalid_options_set_between_steps_are_refused_as_before(name, value, message):
-    model, x, y = model_and_data()
-    opt = BUILDS["adam"](model)
-    for _ in range(4):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert opt._prepared is not None
+    _, opt = prepared_adam()
     opt.param_groups[0][name] = value
     with pytest.raises(ValueError, match=message):
         opt.step()
