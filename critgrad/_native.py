@@ -415,19 +415,24 @@ def directions(grads: Sequence[Tensor], decided: Plan) -> list[Tensor]:
     # step (a new block's pages cost more than the pass over them on some machines).
     flat = torch.empty(found.offset[len(grads)], dtype=torch.float32)
     out = [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, found.offset)]
-    library.critgrad_directions(
-        len(grads),
-        _pointers(grads),
+    library.critgrad_directions(*_directions_arguments(decided, _pointers(out)))
+    calls += 1
+    return out
+
+
+def _directions_arguments(decided: Plan, out: ctypes.Array[ctypes.c_void_p]) -> list[Any]:
+    found = decided.layout
+    return [
+        len(found.numel),
+        decided.grads,
         found.pointers[SCALED_SUM],
-        _pointers(out),
+        out,
         found.numel,
         found.offset,
         decided.b,
         decided.s,
         torch.get_num_threads(),
-    )
-    calls += 1
-    return out
+    ]
 
 
 def finish(decided: Plan, scale: float, decay: float) -> None:
@@ -438,16 +443,20 @@ def finish(decided: Plan, scale: float, decay: float) -> None:
     ages, counts and last key."""
     global calls
     library = cast(ctypes.CDLL, _library)
-    found = decided.layout
-    library.critgrad_finish(
+    library.critgrad_finish(*_finish_arguments(decided, scale, decay))
+    calls += 1
+
+
+def _finish_arguments(decided: Plan, scale: float, decay: float) -> list[Any]:
+    capacity = decided.layout.capacity
+    return [
         *_memory_arguments(decided),
-        found.capacity,
+        capacity,
         RESYNC_PER_SLOT,
         scale,
         decay,
         torch.get_num_threads(),
-    )
-    calls += 1
+    ]
 
 
 def _memory_arguments(decided: Plan) -> tuple[Any, ...]:
@@ -691,44 +700,82 @@ def _fused_call(
 
 
 class BoundStep:
-    """:func:`plan` then :func:`fused_step` for a group whose tensors, memory options and kind of
-    update stay the same from step to step, with every argument converted to its C type once:
-    ctypes takes longer to convert two dozen arguments than the kernels take to step a small
-    model. A call sets what may change: the gradients' addresses, the base's numbers (a
-    scheduled learning rate) and the number of threads."""
+    """A group's native step with every argument converted to its C type once, for a group whose
+    tensors, memory options and kind of update stay the same from step to step: ctypes takes
+    longer to convert two dozen arguments than the kernels take to step a small model. With the
+    ``base``'s tensors, :meth:`plan` then :meth:`update` (:func:`plan`, :func:`fused_step`);
+    without (a base that steps on its own), :meth:`plan`, :meth:`directions`, the base's step,
+    :meth:`finish`. What may change from step to step is set at each call: the gradients'
+    addresses, the base's numbers (a scheduled learning rate), the number of threads."""
 
     def __init__(
         self,
         found: Layout,
-        base: BaseTensors,
+        base: BaseTensors | None,
         group: Mapping[str, Any],
         scale: float,
     ) -> None:
-        n = len(found.numel)
-        self._grads = (ctypes.c_void_p * n)()
-        self._scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
-        decided = _new_plan(found, self._grads, group["aggr"])
-        plan_arguments = _plan_arguments(decided, None, scale, plan_options(group))
-        self._function, fused_arguments = _fused_call(
-            decided, base, self._scalars, scale, group["decay"]
-        )
         library = cast(ctypes.CDLL, _library)
-        self._plan = _converted(library.critgrad_plan.argtypes, plan_arguments)
-        self._fused = _converted(self._function.argtypes, fused_arguments)
+        n = len(found.numel)
+        self.fused = base is not None
+        self._found = found
+        self._grads = (ctypes.c_void_p * n)()
+        self._directions = (ctypes.c_void_p * n)()
+        decided = _new_plan(found, self._grads, group["aggr"])
+        self._calls: dict[str, tuple[Any, list[Any]]] = {
+            "plan": (
+                library.critgrad_plan,
+                _plan_arguments(decided, None, scale, plan_options(group)),
+            )
+        }
+        if base is not None:
+            self._scalars = (ctypes.c_double * len(base.scalars))(*base.scalars)
+            self._calls["update"] = _fused_call(decided, base, self._scalars, scale, group["decay"])
+        else:
+            self._calls["directions"] = (
+                library.critgrad_directions,
+                _directions_arguments(decided, self._directions),
+            )
+            self._calls["finish"] = (
+                library.critgrad_finish,
+                _finish_arguments(decided, scale, group["decay"]),
+            )
+        # the arguments as C values (the raw ones are kept: they hold the arrays pointed to)
+        self._converted = {
+            name: _converted(function.argtypes, arguments)
+            for name, (function, arguments) in self._calls.items()
+        }
         self._threads = torch.get_num_threads()
-        self._kept = (found, base, decided, plan_arguments, fused_arguments)  # what they point to
+        self._kept = (found, base, decided)
 
-    def __call__(self, grads: Sequence[Tensor], scalars: tuple[float, ...]) -> None:
+    def _call(self, name: str) -> None:
         global calls
-        self._grads[:] = [g.data_ptr() for g in grads]
-        self._scalars[:] = list(scalars)
         threads = torch.get_num_threads()
-        if threads != self._threads:
+        if threads != self._threads:  # (the thread count is each call's last argument but plan's)
             self._threads = threads
-            self._plan[_PLAN_THREADS] = self._fused[-1] = ctypes.c_int(threads)
-        cast(ctypes.CDLL, _library).critgrad_plan(*self._plan)
-        self._function(*self._fused)
-        calls += 2
+            for key, arguments in self._converted.items():
+                arguments[_PLAN_THREADS if key == "plan" else -1] = ctypes.c_int(threads)
+        self._calls[name][0](*self._converted[name])
+        calls += 1
+
+    def plan(self, grads: Sequence[Tensor]) -> None:
+        self._grads[:] = [g.data_ptr() for g in grads]
+        self._call("plan")
+
+    def update(self, scalars: tuple[float, ...]) -> None:
+        self._scalars[:] = list(scalars)
+        self._call("update")
+
+    def directions(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """As :func:`directions`, in a new buffer (the base may keep its gradients)."""
+        flat = torch.empty(self._found.offset[len(grads)], dtype=torch.float32)
+        out = [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, self._found.offset)]
+        self._directions[:] = [d.data_ptr() for d in out]
+        self._call("directions")
+        return out
+
+    def finish(self) -> None:
+        self._call("finish")
 
 
 def _converted(types: Sequence[Any], arguments: Sequence[Any]) -> list[Any]:

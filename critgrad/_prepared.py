@@ -1,8 +1,8 @@
 """The last step's native dispatch, kept for the next step while it still holds.
 
-When every group's step ran as one native pass (:func:`critgrad._native.fused_step`: float32 CPU
-tensors, torch's Adam, AdamW or SGD as the base, whose own step then had nothing left to do), the
-next step almost always does the same with the same tensors. Deciding that afresh costs more
+When every group's step ran in the native kernels (float32 CPU tensors: one fused pass with
+torch's Adam, AdamW or SGD as the base, or the directions, the base's own step and the slot
+writes with any other), the next step almost always does the same with the same tensors. Deciding that afresh costs more
 than the pass itself on small models: tens of Python operations per tensor (options checked,
 each state tensor's dtype, layout and address looked at). :func:`prepare` keeps what the
 decision found; :func:`current` checks in one sweep per step that all of it still holds: the
@@ -40,7 +40,9 @@ class Prepared(NamedTuple):
     options: tuple[Any, ...]  # the memory options, as checked then
     types: tuple[type, ...]  # and their types (a numpy scalar is taken afresh)
     params: tuple[Tensor, ...]  # with a gradient, each once; () for a group without any
-    update: N.Hyperparameters | None  # kind, state names and flags (the numbers are read anew)
+    # fused: the kind, state names and flags of the update (its numbers are read anew); None
+    # where the base steps on its own (and must still not be one that could be fused)
+    update: N.Hyperparameters | None
     names: tuple[str, ...]  # the state entries of each parameter the pass reads and writes
     tensors: list[Tensor]  # per parameter: itself, then those entries
     addresses: list[int]
@@ -52,19 +54,21 @@ class Ready(NamedTuple):
     """A prepared group's step, and what it takes now."""
 
     step: N.BoundStep
+    params: list[Tensor]
     grads: list[Tensor]
-    scalars: tuple[float, ...]  # the base's hyperparameters
+    scalars: tuple[float, ...]  # the fused update's hyperparameters
 
 
 def prepare(
     groups: Sequence[dict[str, Any]],
-    stepped: Mapping[int, tuple[Sequence[Tensor], N.Layout, N.BaseTensors]],
+    stepped: Mapping[int, tuple[Sequence[Tensor], N.Layout, N.BaseTensors | None]],
     state: Mapping[Tensor, Mapping[str, Any]],
     optimizer: torch.optim.Optimizer,
 ) -> tuple[Prepared, ...] | None:
     """Keep the dispatch of a step in which every group with gradients was stepped natively:
-    ``stepped`` maps ``id(group)`` to its parameters, memory layout and base tensors. None
-    where a group's parameter appears twice (such a group is always decided afresh)."""
+    ``stepped`` maps ``id(group)`` to its parameters, memory layout and base tensors (None where
+    the base stepped on its own). None where a group's parameter appears twice (such a group is
+    always decided afresh)."""
     prepared = []
     for group in groups:
         options = _options_of(group)
@@ -77,9 +81,9 @@ def prepare(
             continue
         params, layout, base = found
         update = N.hyperparameters(optimizer, group)
-        if update is None:
+        if (update is None) != (base is None):  # (a fusable base whose state was not)
             return None
-        names = (*N.MEMORY_NAMES, *update.names)
+        names = (*N.MEMORY_NAMES, *(update.names if update is not None else ()))
         tensors = _tensors(params, names, state)
         if tensors is None:
             return None
@@ -126,7 +130,7 @@ def current(
         if not params:
             continue
         expected, step = entry.update, entry.step
-        assert expected is not None and step is not None
+        assert step is not None
         grads = [p.grad for p in params]
         for g, size in zip(grads, entry.numel):
             if (
@@ -137,10 +141,13 @@ def current(
             ):
                 return None
         update = N.hyperparameters(optimizer, group)
-        if update is None or (update.kind, update.names, update.flags) != (
-            expected.kind,
-            expected.names,
-            expected.flags,
+        if (update is None) != (expected is None):
+            return None
+        if (
+            update is not None
+            and expected is not None
+            and (update.kind, update.names, update.flags)
+            != (expected.kind, expected.names, expected.flags)
         ):
             return None
         tensors = _tensors(params, entry.names, state)
@@ -150,7 +157,7 @@ def current(
             or [t.data_ptr() for t in tensors] != entry.addresses
         ):
             return None
-        ready.append(Ready(step, grads, update.scalars))
+        ready.append(Ready(step, params, grads, () if update is None else update.scalars))
     return ready
 
 

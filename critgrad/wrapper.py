@@ -357,8 +357,7 @@ class CriticalGradients(Optimizer):
         if eager and self._prepared is not None:
             ready = P.current(self._prepared, self.param_groups, self.state, self.base)
             if ready is not None:  # the last step's dispatch holds: the same calls
-                for step, grads, scalars in ready:
-                    step(grads, scalars)
+                self._step_prepared(ready)
                 return [], []
         plans = []
         for group in self.param_groups:
@@ -368,7 +367,17 @@ class CriticalGradients(Optimizer):
         deferred: list[Resync] | None = [] if self.compile else None
         stepped = self._apply(plans, deferred)
         self._prepared = None
-        if eager and stepped is not None:
+        planned = {id(plan.group) for plan in plans}
+        if (
+            eager
+            and stepped is not None
+            and not any(  # (a group without memory that the base stepped with its gradients)
+                p.grad is not None
+                for group in self.param_groups
+                if id(group) not in planned
+                for p in group["params"]
+            )
+        ):
             self._prepared = P.prepare(self.param_groups, stepped, self.state, self.base)
         created = [
             (p, memory)
@@ -491,10 +500,10 @@ class CriticalGradients(Optimizer):
 
     def _apply(
         self, plans: list[_Plan], deferred: list[Resync] | None = None
-    ) -> dict[int, tuple[list[Tensor], N.Layout, N.BaseTensors]] | None:
+    ) -> dict[int, tuple[list[Tensor], N.Layout, N.BaseTensors | None]] | None:
         """Give the base the directions as gradients, run it, give the gradients back, commit.
-        Where every group's step ran natively (the base's own step had nothing to do), returns
-        each group's parameters, memory layout and base tensors, by ``id(group)``."""
+        Where every group's step ran natively, returns each group's parameters, memory layout
+        and base tensors (None where the base stepped on its own), by ``id(group)``."""
         # Traced, assigning p.grad would force a graph break before the base step (torch's
         # optimizers read the real p.grad while tracing): the direction is written into the
         # gradient's own tensor and the gradient kept in a copy, which inductor fuses away.
@@ -552,13 +561,42 @@ class CriticalGradients(Optimizer):
         # The one moment the memory changes: after the base step succeeded.
         for plan, raw, pairs, base in zip(plans, raws, scratch, fused):
             self._commit(plan, raw, pairs, deferred, base)
-        if base_steps:
+        if in_place or not plans or not all(isinstance(p.decision, N.Plan) for p in plans):
             return None
         return {
             id(plan.group): (plan.params, cast(N.Plan, plan.decision).layout, base)
             for plan, base in zip(plans, fused)
-            if base is not None
         }
+
+    def _step_prepared(self, ready: list[P.Ready]) -> None:
+        """The prepared steps of the groups: the calls of :meth:`_apply`'s native steps, in the
+        same order."""
+        for group in ready:
+            group.step.plan(group.grads)
+        if all(group.step.fused for group in ready):
+            for group in ready:
+                group.step.update(group.scalars)
+            return
+        directions = [None if g.step.fused else g.step.directions(g.grads) for g in ready]
+        try:
+            for group, group_directions in zip(ready, directions):
+                if group_directions is None:  # stepped by the fused pass, after the base's
+                    for p in group.params:
+                        p.grad = None
+                else:
+                    for p, d in zip(group.params, group_directions):
+                        p.grad = d
+            _unhooked_step(self.base)()
+        finally:
+            for group in ready:
+                for p, g in zip(group.params, group.grads):
+                    p.grad = g
+        del directions
+        for group in ready:
+            if group.step.fused:
+                group.step.update(group.scalars)
+            else:
+                group.step.finish()
 
     def _commit(
         self,

@@ -1,5 +1,7 @@
-"""The prepared step (critgrad/_prepared.py): a step whose groups all ran as one native pass is
-kept, and the next steps reuse it while everything it was prepared from holds. Reused, it gives
+"""The prepared step (critgrad/_prepared.py): a step whose groups all ran in the native kernels
+(one fused pass with torch's Adam, AdamW or SGD; the directions, the base's own step and the slot
+writes with any other base) is kept, and the next steps reuse it while everything it was
+prepared from holds. Reused, it gives
 the general path's results bit for bit (the same kernels, the same arguments); whenever something
 changes between steps (options, hyperparameters, state tensors, gradients, groups) the step
 decides afresh, as if nothing had been kept.
@@ -109,6 +111,21 @@ BUILDS = {
         ],
         lr=0.01,
     ),
+    # bases that step on their own: directions, their step, then the slot writes
+    "rmsprop": lambda m: critgrad.RMSprop(m.parameters(), lr=0.01, topC=3, centered=True),
+    "adagrad": lambda m: critgrad.Adagrad(m.parameters(), lr=0.05, topC=2, key="per_tensor"),
+    "nadam-any-optimizer": lambda m: critgrad.CriticalGradients(
+        torch.optim.NAdam(m.parameters(), lr=0.01), topC=3, aggr="mid"
+    ),
+    # one group fused, one whose tensor learning rate the base's own step takes
+    "adam-fused-and-not": lambda m: critgrad.Adam(
+        [
+            dict(params=m[0].parameters()),
+            dict(params=m[2].parameters(), lr=torch.tensor(0.02)),
+        ],
+        lr=0.01,
+        topC=2,
+    ),
 }
 
 
@@ -178,8 +195,43 @@ def test_a_scheduled_learning_rate_is_read_at_every_step(monkeypatch):
     check(BUILDS["sgd-nesterov"], monkeypatch, between=between)
 
 
-def test_a_tensor_learning_rate_goes_to_the_general_path(monkeypatch):
-    check(BUILDS["adam"], monkeypatch, between=set_in_groups("lr", torch.tensor(0.02), 5), reused=3)
+def test_a_tensor_learning_rate_is_the_base_steps_own(monkeypatch):
+    # step 5 decides afresh: Adam's own step takes the tensor; then that dispatch is reused
+    lr = set_in_groups("lr", torch.tensor(0.02), 5)
+    check(BUILDS["adam"], monkeypatch, between=lr, reused=12 - 2 - 1)
+
+
+def test_a_group_without_memory_is_never_prepared(monkeypatch):
+    def build(model):
+        return critgrad.Adam(
+            [dict(params=model[0].parameters(), kappa=0.0), dict(params=model[2].parameters())],
+            lr=0.01,
+        )
+
+    check(build, monkeypatch, reused=0)
+
+
+def test_an_error_in_the_base_step_leaves_memory_and_gradients_as_they_were(monkeypatch):
+    model, x, y = model_and_data()
+    opt = BUILDS["rmsprop"](model)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt._prepared is not None
+    grads = [p.grad for p in model.parameters()]
+    memory = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+    stats = opt.memory_stats()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the base failed")
+
+    monkeypatch.setattr(type(opt.base), "step", fail)
+    with pytest.raises(RuntimeError, match="the base failed"):
+        opt.step()
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+    assert_same(list(opt.state[model[0].weight].values()), list(memory.values()))
+    assert opt.memory_stats() == stats
 
 
 def test_a_changed_topC_is_refused_as_before(monkeypatch):
