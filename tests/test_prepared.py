@@ -34,10 +34,11 @@ def model_and_data():
     return model, torch.randn(32, 12), torch.randint(0, 3, (32,))
 
 
-def prepared_adam():
-    """A model and its Adam after four steps: the last two reused a prepared step."""
+def prepared(name="adam"):
+    """A model and its optimizer ``BUILDS[name]`` after four steps: the last two reused a
+    prepared step."""
     model, x, y = model_and_data()
-    opt = BUILDS["adam"](model)
+    opt = BUILDS[name](model)
     for _ in range(4):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -212,13 +213,7 @@ def test_a_group_without_memory_is_never_prepared(monkeypatch):
 
 
 def test_an_error_in_the_base_step_leaves_memory_and_gradients_as_they_were(monkeypatch):
-    model, x, y = model_and_data()
-    opt = BUILDS["rmsprop"](model)
-    for _ in range(4):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert opt._prepared is not None
+    model, opt = prepared("rmsprop")
     grads = [p.grad for p in model.parameters()]
     memory = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
     stats = opt.memory_stats()
@@ -235,7 +230,7 @@ def test_an_error_in_the_base_step_leaves_memory_and_gradients_as_they_were(monk
 
 
 def test_a_changed_topC_is_refused_as_before(monkeypatch):
-    _, opt = prepared_adam()
+    _, opt = prepared()
     opt.param_groups[0]["topC"] = 5
     with pytest.raises(ValueError, match="topC and store_dtype can only be set before"):
         opt.step()
@@ -305,7 +300,7 @@ def test_switched_off_kernels_are_seen(monkeypatch):
 
 
 def test_copies_prepare_their_own(monkeypatch):
-    model, opt = prepared_adam()
+    model, opt = prepared()
     clone = copy.deepcopy(opt)  # (its own parameters and state)
     assert clone._prepared is None
     params = [p for group in clone.param_groups for p in group["params"]]
@@ -328,7 +323,7 @@ def test_copies_prepare_their_own(monkeypatch):
     ],
 )
 def test_invalid_options_set_between_steps_are_refused_as_before(name, value, message):
-    _, opt = prepared_adam()
+    _, opt = prepared()
     opt.param_groups[0][name] = value
     with pytest.raises(ValueError, match=message):
         opt.step()
