@@ -9,13 +9,15 @@
  * where torch's CPU kernels round (fmaf where they fuse a multiply-add; the build passes
  * -ffp-contract=off, so nothing else is fused), so the memory's values equal the torch path's
  * bit for bit. Three exceptions, where torch's reduction order is its own: the gradients' norms
- * (here summed in float64 in a fixed order, whatever the threads, then rounded to float32 as
- * torch's are), the resync's sum over the C stored rows (taken in row order), and Adam's square
- * root (correctly rounded here; torch's vectorized one is not, always).
+ * (their float32 squares summed here in float64 in a fixed order, whatever the threads, then
+ * rounded to float32 as torch's are, with torch's float32 range), the resync's sum over the C
+ * stored rows (taken in row order), and Adam's square root (correctly rounded here; torch's
+ * vectorized one is not, always).
  *
  * Built and loaded by critgrad/_native.py (plain C, no torch or Python headers: it takes data
  * pointers, so one build serves every torch version), with OpenMP where the compiler has it.
  */
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,18 +35,20 @@
 #define INLINE static inline __attribute__((always_inline))
 
 INLINE double sum_of_squares_body(const float *restrict g, int64_t n) {
-    /* Sixteen running sums, lane j % 16 taking element j: each product of two floats is exact
-     * in float64 and the order of the additions is fixed, so every CPU gives the same bits. */
+    /* Sixteen running sums, lane j % 16 taking element j, in an order that is fixed, so every
+     * CPU gives the same bits. Each square is a float32 product, as torch's float32 norms take
+     * it (squares below float32's range vanish, above it are infinite, as there); the sums are
+     * float64. */
     double lane[16] = {0.0};
     int64_t j = 0;
     for (; j + 16 <= n; j += 16)
         for (int k = 0; k < 16; k++) {
-            double x = (double)g[j + k];
-            lane[k] += x * x;
+            float x = g[j + k];
+            lane[k] += (double)(x * x);
         }
     for (int k = 0; j < n; j++, k++) {
-        double x = (double)g[j];
-        lane[k] += x * x;
+        float x = g[j];
+        lane[k] += (double)(x * x);
     }
     for (int width = 8; width >= 1; width /= 2)
         for (int k = 0; k < width; k++) lane[k] += lane[k + width];
@@ -466,14 +470,18 @@ static void sums_of_squares(const Kernels *k, int64_t n, float *const *g, const 
 }
 
 /* keys[i]: critgrad.memory.keys_from_norms of the gradients' L2 norms (float32 gradients'
- * norms are float32, as torch's: the square root of the sum of squares, rounded to float32),
- * combined in float64 in tensor order. */
+ * norms are float32, as torch's: the square root of the sum of squares, rounded to float32, and
+ * infinite where that sum exceeds float32's range, as torch's float32 sum does; a single
+ * element's norm is its absolute value, as torch's is), combined in float64 in tensor order. */
 static void gradient_keys(int64_t n, float *const *g, const int64_t *numel, int mode,
                           int threads, double *keys) {
     sums_of_squares(kernels(), n, g, numel, threads, keys);
     double total = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        keys[i] = (double)(float)sqrt(keys[i]);
+        if (numel[i] == 1)
+            keys[i] = fabs((double)g[i][0]);
+        else
+            keys[i] = keys[i] > FLT_MAX ? INFINITY : (double)(float)sqrt(keys[i]);
         total += mode == GLOBAL_NORM ? keys[i] * keys[i] : keys[i];
     }
     if (mode == GLOBAL_NORM) total = sqrt(total);

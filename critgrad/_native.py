@@ -8,9 +8,10 @@ counts), then either :func:`fused_step` (for torch's Adam, AdamW and SGD: the di
 base's update and the memory's writes in one pass) or :func:`directions` (one pass), the base's
 own step and :func:`finish` (slot writes and running sums in one pass, resync, bookkeeping). The
 memory's results are the torch path's bit for bit, but for two sums taken in an order of their
-own (:file:`critgrad/_native.c` says why): each gradient's norm, summed in float64 in a fixed
-order whatever the threads and rounded to float32 (torch sums in float32, in an order that
-depends on its vectorization: the keys and priorities differ in the last bits of float32), and
+own (:file:`critgrad/_native.c` says why): each gradient's norm, its float32 squares summed in
+float64 in a fixed order whatever the threads and rounded to float32, with float32's range
+(torch sums in float32, in an order that depends on its vectorization: the keys and priorities
+differ in the last bits of float32; zero and infinite norms are the same), and
 the resync's sum over the stored rows, taken in row order. The base's update is the arithmetic
 of its for-loop implementation (equal to it for SGD; for Adam, within the rounding of torch's
 vectorized square root). The wrapper takes this path wherever :func:`takes` allows it (outside a
@@ -209,8 +210,9 @@ _DTYPES = (torch.float32, torch.float32, torch.float64, torch.int64, torch.int64
 
 
 def plain_cpu(t: Tensor) -> bool:
-    # type(), not isinstance: tensor subclasses (DTensor, FakeTensor) keep their data elsewhere
-    return type(t) in _PLAIN and t.is_cpu and t.is_contiguous()
+    # type(), not isinstance: tensor subclasses (DTensor, FakeTensor) keep their data elsewhere;
+    # a negative view's memory holds the values with the other sign
+    return type(t) in _PLAIN and t.is_cpu and t.is_contiguous() and not t.is_neg()
 
 
 _cache: dict[tuple[str, int], tuple[tuple[weakref.ref[Tensor], ...], tuple[int, ...], Any]] = {}
@@ -332,9 +334,9 @@ def plan(
     kappa: float,
     scale: float,
 ) -> Plan:
-    """The keys of ``grads`` (:func:`critgrad.memory.keys_from_norms` of their L2 norms, each
-    summed in float64 in a fixed order whatever the threads and rounded to float32 as torch's
-    float32 norms are; or ``keys``, ``(n,)``, possibly a broadcast view of one key, where they
+    """The keys of ``grads`` (:func:`critgrad.memory.keys_from_norms` of their L2 norms, the
+    float32 squares summed in float64 in a fixed order whatever the threads and rounded to
+    float32, infinite past float32's range, as torch's float32 norms are; or ``keys``, ``(n,)``, possibly a broadcast view of one key, where they
     come from elsewhere), then the admission (:func:`critgrad.memory.admission`, with
     :func:`critgrad.memory.random_slots`) and the aggregation coefficients
     (:func:`critgrad.memory.coefficients`) for the n memories of ``found``, read from each

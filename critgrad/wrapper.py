@@ -112,8 +112,9 @@ class CriticalGradients(Optimizer):
             reference package's ``synced=True``), ``"per_tensor"`` (``synced=False``) or
             ``"global_norm"`` (one key per group: the L2 norm of all its gradients together)
             (default: ``"sum_of_norms"``). Norms are computed in the gradients' precision
-            (float32 at least; float32 gradients' norms on the CPU's native path are summed in
-            float64, in an order that does not depend on the threads, then rounded to float32).
+            (float32 at least; float32 gradients' norms on the CPU's native path sum their
+            squares in float64, in an order that does not depend on the threads, then round to
+            float32: the same range, the last bits more accurate).
         store_dtype (torch.dtype, optional): dtype of the stored gradients, e.g. ``torch.bfloat16``
             to halve the memory (their running sum is then kept in float32). Default: the
             parameter's dtype.

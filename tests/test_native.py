@@ -341,17 +341,22 @@ def test_threads_split_the_work_without_changing_a_bit():
 
 
 def exact_norm(g):
-    """The L2 norm of a float32 tensor rounded once to float32, from its exact sum of squares."""
-    squares = [float(x) * float(x) for x in g.double().reshape(-1).tolist()]  # exact in float64
-    return float(torch.tensor(math.sqrt(math.fsum(squares)), dtype=torch.float32))
+    """The L2 norm of a float32 tensor from the exact sum of its float32 squares, rounded once to
+    float32 (infinite past float32's range; one element's is its absolute value, as torch's)."""
+    if g.numel() == 1:
+        return abs(float(g))
+    total = math.fsum((g * g).double().reshape(-1).tolist())
+    if total > torch.finfo(torch.float32).max:
+        return math.inf
+    return float(torch.tensor(math.sqrt(total), dtype=torch.float32))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_keys_are_float32_norms_combined_in_float64(threads):
-    """Each norm is summed in float64 (a fixed order, whatever the threads) and rounded to
-    float32 as torch's float32 norms are: the correctly rounded norm here (torch's own sums in
-    float32 are off by a few roundings on large tensors); the group keys combine them in
-    float64, in tensor order."""
+    """Each norm sums the float32 squares in float64 (a fixed order, whatever the threads) and is
+    rounded to float32 as torch's float32 norms are: the rounding of the exact sum's root here
+    (torch's own sums in float32 are off by a few roundings on large tensors); the group keys
+    combine them in float64, in tensor order."""
     gen = torch.Generator().manual_seed(3)
     # several chunks of critgrad/_native.c's NORM_CHUNK, a tail, a scalar, an empty tensor
     shapes = [(1000, 300), (1,), (0,), (65_537,), (17,)]
@@ -377,14 +382,45 @@ def test_native_keys_are_float32_norms_combined_in_float64(threads):
             assert keys == values
 
 
-def test_native_keys_overflow_where_torch_norms_do():
-    """A float32 gradient whose norm exceeds float32's range has an infinite key, as on the torch
-    path: it is never admitted (the sum in float64 would have held it)."""
-    memories = [S.new_memory(torch.zeros(4), dict(topC=3, store_dtype=None))]
-    grads = [torch.full((4,), 3e38)]
-    assert math.isinf(float(torch.linalg.vector_norm(grads[0])))
-    keys = one_group_step(memories, grads, threads=1, key="per_tensor")[0]
-    assert keys.tolist() == [math.inf]
+@pytest.mark.parametrize(
+    ("value", "numel"),
+    [
+        (3e38, 4),  # the square is infinite
+        (2e19, 4),  # the square too, past float32's range (4e38)
+        (1.5e19, 4),  # each square within range, their sum of four not
+        (1e-24, 4),  # the square vanishes in float32: a zero norm
+        (3e-23, 4),  # the squares are subnormal
+        (1e-19, 4),  # every square normal
+        (3e38, 1),  # one element: its absolute value, in range however large or small
+        (-1e-24, 1),
+    ],
+)
+def test_native_keys_have_the_range_of_torch_norms(value, numel):
+    """Zero and infinite keys where torch's float32 norms are zero and infinite (an infinite key
+    is never admitted): the torch path takes the same decisions for huge and tiny gradients."""
+    memories = [S.new_memory(torch.zeros(numel), dict(topC=3, store_dtype=None))]
+    grads = [torch.full((numel,), value)]
+    norm = float(torch.linalg.vector_norm(grads[0]))
+    (key,) = one_group_step(memories, grads, threads=1, key="per_tensor")[0].tolist()
+    assert key == exact_norm(grads[0])
+    assert key == norm if norm in (0.0, math.inf) else math.isclose(key, norm, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-24])
+def test_huge_and_tiny_gradients_take_the_torch_paths_decisions(scale, monkeypatch):
+    def run(native):
+        monkeypatch.setenv("CRITGRAD_NATIVE", "1" if native else "0")
+        p = nn.Parameter(torch.zeros(3, 4))
+        opt = critgrad.SGD([p], lr=0.0, topC=2)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            p.grad = torch.randn(3, 4, generator=gen) * scale
+            opt.step()
+        return opt.memory_stats()
+
+    native, torch_path = run(True), run(False)
+    assert counts(native) == counts(torch_path)
+    assert native[0]["nonfinite"] == (4 if scale > 1 else 0)
 
 
 @pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD])
@@ -532,3 +568,20 @@ def test_switched_off_and_unbuildable_the_step_takes_the_torch_path(tmp_path):
     assert outputs["compiler fails"][0].startswith("0 the native kernels could not be built")
     assert outputs["on"][0] == "7 None"  # 3 calls, then SGD fused with the memory: 2, 2
     assert len({tuple(lines[1:]) for lines in outputs.values()}) == 1  # the same parameters
+
+
+def test_a_negative_view_of_a_gradient_goes_to_torch(monkeypatch):
+    """A gradient whose memory holds its values with the other sign (torch's negative views) is
+    read through torch, never as raw memory."""
+
+    def run(native, negative):
+        monkeypatch.setenv("CRITGRAD_NATIVE", "1" if native else "0")
+        p = nn.Parameter(torch.zeros(5))
+        opt = critgrad.SGD([p], lr=0.1, topC=2)
+        for step in range(3):
+            g = torch.arange(5.0) - step
+            p.grad = torch._neg_view(-g) if negative else g
+            opt.step()
+        return [p.detach().clone(), opt.state[p][STORE].clone()]
+
+    assert same(run(True, True), run(False, False))
