@@ -368,14 +368,13 @@ class CriticalGradients(Optimizer):
         deferred: list[Resync] | None = [] if self.compile else None
         stepped = self._apply(plans, deferred)
         self._prepared = None
-        planned = {id(plan.group) for plan in plans}
         if (
             eager
             and stepped is not None
             and not any(  # (a group without memory that the base stepped with its gradients)
                 p.grad is not None
                 for group in self.param_groups
-                if id(group) not in planned
+                if id(group) not in stepped
                 for p in group["params"]
             )
         ):
