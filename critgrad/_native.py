@@ -412,14 +412,18 @@ def directions(grads: Sequence[Tensor], decided: Plan) -> list[Tensor]:
     ``decided``: the same values as :func:`critgrad.memory.directions`, in new tensors."""
     global calls
     library = cast(ctypes.CDLL, _library)
-    found = decided.layout
-    # One buffer for the group, in views: the allocator can then reuse one block from step to
-    # step (a new block's pages cost more than the pass over them on some machines).
-    flat = torch.empty(found.offset[len(grads)], dtype=torch.float32)
-    out = [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, found.offset)]
+    out = _direction_buffers(decided.layout, grads)
     library.critgrad_directions(*_directions_arguments(decided, _pointers(out)))
     calls += 1
     return out
+
+
+def _direction_buffers(found: Layout, grads: Sequence[Tensor]) -> list[Tensor]:
+    """New tensors for the directions of ``grads``: views of one buffer for the group, so that
+    the allocator can reuse one block from step to step (a new block's pages cost more than the
+    pass over them on some machines)."""
+    flat = torch.empty(found.offset[len(grads)], dtype=torch.float32)
+    return [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, found.offset)]
 
 
 def _directions_arguments(decided: Plan, out: ctypes.Array[ctypes.c_void_p]) -> list[Any]:
@@ -770,8 +774,7 @@ class BoundStep:
 
     def directions(self, grads: Sequence[Tensor]) -> list[Tensor]:
         """As :func:`directions`, in a new buffer (the base may keep its gradients)."""
-        flat = torch.empty(self._found.offset[len(grads)], dtype=torch.float32)
-        out = [flat.as_strided(g.shape, g.stride(), a) for g, a in zip(grads, self._found.offset)]
+        out = _direction_buffers(self._found, grads)
         self._directions[:] = [d.data_ptr() for d in out]
         self._call("directions")
         return out

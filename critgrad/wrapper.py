@@ -545,10 +545,9 @@ class CriticalGradients(Optimizer):
                 else:
                     for p, d in zip(plan.params, group_directions):
                         p.grad = d
-            base_steps = not any(fused) or any(
+            if not any(fused) or any(
                 p.grad is not None for group in self.param_groups for p in group["params"]
-            )
-            if base_steps:
+            ):
                 _unhooked_step(self.base)()
         finally:
             for plan, raw in zip(plans, raws):
